@@ -1,0 +1,599 @@
+"""Settings from the environment: defaults, parsing, one-line errors, routing helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from ipaddress import ip_network
+from pathlib import Path
+
+import pytest
+
+from wsgiproxy.config import (
+    ConfigError,
+    HostPatterns,
+    Route,
+    Settings,
+    UpstreamURL,
+    load_settings,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+URL_HINT = "must be an http:// or https:// URL with a host, like http://10.0.0.5:8000"
+
+
+def settings(**env: str) -> Settings:
+    return Settings.from_env(env)
+
+
+def problems(**env: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    return info.value.lines
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without any PROXY_/HTTP_ variables, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "HTTP_"))}
+    env.update(extra)
+    return env
+
+
+# --- defaults ---------------------------------------------------------------------------
+
+
+def test_defaults_from_empty_environment() -> None:
+    """With nothing set, the proxy would not start with the documented defaults."""
+    s = Settings.from_env({})
+    assert s.bind == "127.0.0.1:8080"
+    assert s.workers == (os.cpu_count() or 1)
+    assert s.worker_class == "gevent"
+    assert s.worker_connections == 1000
+    assert s.threads == 32
+    assert s.upstream is None
+    assert s.routes == ()
+    assert s.preserve_host is False
+    assert s.forward is True
+    assert s.allow_clients == (ip_network("127.0.0.0/8"), ip_network("::1"))
+    assert s.allow_hosts == HostPatterns(True, frozenset(), (), ())
+    assert s.max_body == 0
+    assert s.admin_prefix == "/_proxy"
+    assert s.connect_ports == frozenset({443})
+    assert s.allow_private is False
+    assert s.auth_file is None
+    assert s.log_level == "info"
+    assert s.access_log == "-"
+    assert s.max_connections == 100
+    assert s.max_keepalive_connections == 20
+    assert s.keepalive_expiry == 300.0
+    assert s.connect_timeout == 10.0
+    assert s.read_timeout == 30.0
+    assert s.write_timeout == 10.0
+    assert s.pool_timeout == 5.0
+    assert s.pool_enabled is True
+    assert s.health_interval == 60.0
+    assert s.health_path is None
+    assert s.tls_verify is True
+    assert s.ca_bundle is None
+    assert s.upstreams == ()
+
+
+def test_settings_are_frozen() -> None:
+    """Code could change a setting after start-up and workers would disagree."""
+    s = Settings.from_env({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.pool_timeout = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("name", "attr", "default"),
+    [
+        ("PROXY_BIND", "bind", "127.0.0.1:8080"),
+        ("PROXY_WORKER_CLASS", "worker_class", "gevent"),
+        ("PROXY_THREADS", "threads", 32),
+        ("PROXY_UPSTREAM", "upstream", None),
+        ("PROXY_ROUTES", "routes", ()),
+        ("PROXY_FORWARD", "forward", True),
+        ("PROXY_CONNECT_PORTS", "connect_ports", frozenset({443})),
+        ("PROXY_AUTH_FILE", "auth_file", None),
+        ("PROXY_LOG_LEVEL", "log_level", "info"),
+        ("HTTP_POOL_TIMEOUT", "pool_timeout", 5.0),
+        ("HTTP_HEALTH_PATH", "health_path", None),
+        ("HTTP_CA_BUNDLE", "ca_bundle", None),
+    ],
+)
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_empty_value_means_default(name: str, attr: str, default: object, empty: str) -> None:
+    """`FOO=` in a compose file or systemd unit would stop start-up instead of using the default."""
+    assert getattr(Settings.from_env({name: empty}), attr) == default
+
+
+def test_empty_access_log_turns_it_off() -> None:
+    """PROXY_ACCESS_LOG= could not switch off gunicorn's access log."""
+    assert settings(PROXY_ACCESS_LOG="").access_log is None
+    assert settings(PROXY_ACCESS_LOG="/var/log/proxy.log").access_log == "/var/log/proxy.log"
+
+
+# --- good values ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "attr", "expected"),
+    [
+        ("PROXY_BIND", "0.0.0.0:9000", "bind", "0.0.0.0:9000"),
+        ("PROXY_BIND", "localhost:80", "bind", "localhost:80"),
+        ("PROXY_BIND", "[::]:8080", "bind", "[::]:8080"),
+        ("PROXY_BIND", "unix:/run/proxy.sock", "bind", "unix:/run/proxy.sock"),
+        ("PROXY_BIND", "fd://3", "bind", "fd://3"),
+        ("PROXY_WORKERS", "4", "workers", 4),
+        ("PROXY_WORKER_CLASS", "gthread", "worker_class", "gthread"),
+        ("PROXY_WORKER_CLASS", "SYNC", "worker_class", "sync"),
+        ("PROXY_WORKER_CONNECTIONS", "50", "worker_connections", 50),
+        ("PROXY_THREADS", "8", "threads", 8),
+        ("PROXY_PRESERVE_HOST", "1", "preserve_host", True),
+        ("PROXY_PRESERVE_HOST", "yes", "preserve_host", True),
+        ("PROXY_FORWARD", "0", "forward", False),
+        ("PROXY_FORWARD", "False", "forward", False),
+        (
+            "PROXY_ALLOW_CLIENTS",
+            "10.0.0.0/8, 192.168.1.7",
+            "allow_clients",
+            (ip_network("10.0.0.0/8"), ip_network("192.168.1.7/32")),
+        ),
+        (
+            "PROXY_ALLOW_CLIENTS",
+            "10.1.2.3/8,fd00::/8",
+            "allow_clients",
+            (ip_network("10.0.0.0/8"), ip_network("fd00::/8")),
+        ),
+        ("PROXY_MAX_BODY", "1048576", "max_body", 1048576),
+        ("PROXY_MAX_BODY", "0", "max_body", 0),
+        ("PROXY_ADMIN_PREFIX", "/admin/", "admin_prefix", "/admin"),
+        ("PROXY_ADMIN_PREFIX", "/a/b", "admin_prefix", "/a/b"),
+        ("PROXY_CONNECT_PORTS", "443, 8443,443", "connect_ports", frozenset({443, 8443})),
+        ("PROXY_ALLOW_PRIVATE", "TRUE", "allow_private", True),
+        ("PROXY_LOG_LEVEL", "DEBUG", "log_level", "debug"),
+        ("PROXY_LOG_LEVEL", "critical", "log_level", "critical"),
+        ("HTTP_MAX_CONNECTIONS", "1", "max_connections", 1),
+        ("HTTP_MAX_KEEPALIVE_CONNECTIONS", "0", "max_keepalive_connections", 0),
+        ("HTTP_KEEPALIVE_EXPIRY", "0", "keepalive_expiry", 0.0),
+        ("HTTP_KEEPALIVE_EXPIRY", "2.5", "keepalive_expiry", 2.5),
+        ("HTTP_CONNECT_TIMEOUT", "0.25", "connect_timeout", 0.25),
+        ("HTTP_READ_TIMEOUT", "120", "read_timeout", 120.0),
+        ("HTTP_WRITE_TIMEOUT", "1e1", "write_timeout", 10.0),
+        ("HTTP_POOL_TIMEOUT", " 0.5 ", "pool_timeout", 0.5),
+        ("HTTP_POOL_ENABLED", "0", "pool_enabled", False),
+        ("HTTP_HEALTH_INTERVAL", "15", "health_interval", 15.0),
+        ("HTTP_HEALTH_PATH", "/healthz", "health_path", "/healthz"),
+        ("HTTP_TLS_VERIFY", "no", "tls_verify", False),
+    ],
+)
+def test_good_value(name: str, value: str, attr: str, expected: object) -> None:
+    """A documented value would be refused or read wrongly at start-up."""
+    assert getattr(Settings.from_env({name: value}), attr) == expected
+
+
+def test_upstream_is_parsed() -> None:
+    """PROXY_UPSTREAM would send requests to the wrong host, port or base path."""
+    u = settings(PROXY_UPSTREAM="http://10.0.0.5:8000/base/").upstream
+    assert u == UpstreamURL("http", "10.0.0.5", 8000, "/base", "http://10.0.0.5:8000/base/")
+
+
+def test_readable_files_are_accepted(tmp_path: Path) -> None:
+    """An existing htpasswd or CA file would be refused."""
+    auth = tmp_path / "htpasswd"
+    auth.write_text("user:$2y$05$abc\n")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    s = settings(PROXY_AUTH_FILE=str(auth), HTTP_CA_BUNDLE=str(ca))
+    assert (s.auth_file, s.ca_bundle) == (str(auth), str(ca))
+
+
+def test_keepalive_is_capped_at_max_connections() -> None:
+    """Lowering HTTP_MAX_CONNECTIONS below the idle limit would stop start-up."""
+    s = settings(HTTP_MAX_CONNECTIONS="5", HTTP_MAX_KEEPALIVE_CONNECTIONS="20")
+    assert (s.max_connections, s.max_keepalive_connections) == (5, 5)
+    assert settings(HTTP_MAX_CONNECTIONS="5").max_keepalive_connections == 5
+
+
+# --- bad values -------------------------------------------------------------------------
+
+SECONDS_GT0 = "must be a number of seconds greater than 0"
+SECONDS_GE0 = "must be a number of seconds, 0 or greater"
+INT_GT0 = "must be a whole number greater than 0"
+INT_GE0 = "must be a whole number, 0 or greater"
+FLAG = "must be 1 or 0 (or true/false, yes/no)"
+PORT_HINT = "must have a port from 1 to 65535, like http://10.0.0.5:8000"
+PREFIX_HINT = "prefix must be a path starting with '/', like /api"
+CIDRS = (
+    "must be a comma-separated list of IP addresses or CIDR networks,"
+    " like 127.0.0.0/8,::1 (bad: {})"
+)
+HOSTS = (
+    "must be a comma-separated list of '*', host names, '*.domain' patterns,"
+    " IP addresses or CIDR networks, like *.example.com,10.0.0.0/8 (bad: {})"
+)
+PORTS = "must be a comma-separated list of ports from 1 to 65535, like 443,8443 (bad: {})"
+ADMIN = "must be a path starting with '/', other than '/' itself, like /_proxy"
+BIND = "must be HOST:PORT, [IPv6]:PORT, unix:/PATH or fd://N, like 127.0.0.1:8080"
+FILE = "must be the path of an existing readable file"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("HTTP_POOL_TIMEOUT", "-1", SECONDS_GT0),
+        ("HTTP_POOL_TIMEOUT", "0", SECONDS_GT0),
+        ("HTTP_CONNECT_TIMEOUT", "nan", SECONDS_GT0),
+        ("HTTP_READ_TIMEOUT", "inf", SECONDS_GT0),
+        ("HTTP_WRITE_TIMEOUT", "10s", SECONDS_GT0),
+        ("HTTP_HEALTH_INTERVAL", "0", SECONDS_GT0),
+        ("HTTP_KEEPALIVE_EXPIRY", "-0.5", SECONDS_GE0),
+        ("HTTP_KEEPALIVE_EXPIRY", "-inf", SECONDS_GE0),
+        ("PROXY_WORKERS", "0", INT_GT0),
+        ("PROXY_WORKERS", "2.5", INT_GT0),
+        ("PROXY_WORKERS", "1_000", INT_GT0),
+        ("PROXY_THREADS", "lots", INT_GT0),
+        ("PROXY_WORKER_CONNECTIONS", "-5", INT_GT0),
+        ("HTTP_MAX_CONNECTIONS", "0", INT_GT0),
+        ("HTTP_MAX_KEEPALIVE_CONNECTIONS", "-1", INT_GE0),
+        ("PROXY_MAX_BODY", "10MB", INT_GE0),
+        ("PROXY_WORKER_CLASS", "eventlet", "must be one of gevent, gthread, sync"),
+        ("PROXY_LOG_LEVEL", "verbose", "must be one of debug, info, warning, error, critical"),
+        ("PROXY_FORWARD", "2", FLAG),
+        ("PROXY_PRESERVE_HOST", "enabled", FLAG),
+        ("PROXY_ALLOW_PRIVATE", "y", FLAG),
+        ("HTTP_POOL_ENABLED", "on", FLAG),
+        ("HTTP_TLS_VERIFY", "off", FLAG),
+        ("PROXY_UPSTREAM", "10.0.0.5:8000", URL_HINT),
+        ("PROXY_UPSTREAM", "http://x:99999", PORT_HINT),
+        ("PROXY_ROUTES", "/api=ftp://x", f"route '/api': {URL_HINT}"),
+        ("PROXY_ROUTES", "api=http://x", f"route 'api': {PREFIX_HINT}"),
+        (
+            "PROXY_ROUTES",
+            "/api",
+            "route '/api': must be PREFIX=URL, like /api=http://10.0.0.5:8000",
+        ),
+        ("PROXY_ROUTES", "/api=http://a,/api/=http://b", "route '/api': prefix is listed twice"),
+        ("PROXY_ALLOW_CLIENTS", "10.0.0.0/33", CIDRS.format("'10.0.0.0/33'")),
+        ("PROXY_ALLOW_CLIENTS", "127.0.0.1,localhost", CIDRS.format("'localhost'")),
+        ("PROXY_ALLOW_CLIENTS", "127.0.0.1,", CIDRS.format("''")),
+        ("PROXY_ALLOW_HOSTS", "example.*", HOSTS.format("'example.*'")),
+        ("PROXY_ALLOW_HOSTS", "*.", HOSTS.format("'*.'")),
+        ("PROXY_ALLOW_HOSTS", "a.com, b c", HOSTS.format("'b c'")),
+        ("PROXY_ALLOW_HOSTS", "10.0.0.300", HOSTS.format("'10.0.0.300'")),
+        ("PROXY_CONNECT_PORTS", "443,0", PORTS.format("'0'")),
+        ("PROXY_CONNECT_PORTS", "https", PORTS.format("'https'")),
+        ("PROXY_CONNECT_PORTS", "65536", PORTS.format("'65536'")),
+        ("PROXY_ADMIN_PREFIX", "/", ADMIN),
+        ("PROXY_ADMIN_PREFIX", "_proxy", ADMIN),
+        ("HTTP_HEALTH_PATH", "healthz", "must be a path starting with '/', like /healthz"),
+        ("PROXY_BIND", "8080", BIND),
+        ("PROXY_BIND", "::1:8080", BIND),
+        ("PROXY_BIND", "127.0.0.1:0", BIND),
+        ("PROXY_BIND", "[nope]:80", BIND),
+        ("PROXY_BIND", "fd://x", BIND),
+        ("PROXY_BIND", "unix:", BIND),
+        ("PROXY_AUTH_FILE", "/nonexistent/htpasswd", FILE),
+        ("HTTP_CA_BUNDLE", "/nonexistent/ca.pem", FILE),
+    ],
+)
+def test_bad_value_gives_one_line(name: str, value: str, message: str) -> None:
+    """A bad value would start the proxy anyway, or stop it without saying what to fix."""
+    assert problems(**{name: value}) == [f"{name}={value!r}: {message}"]
+
+
+def test_error_line_format_is_exact() -> None:
+    """The start-up message would stop naming the variable, its value and what is allowed."""
+    assert problems(HTTP_POOL_TIMEOUT="-1") == [
+        "HTTP_POOL_TIMEOUT='-1': must be a number of seconds greater than 0"
+    ]
+
+
+def test_directory_is_not_a_readable_file(tmp_path: Path) -> None:
+    """Pointing PROXY_AUTH_FILE at a directory would fail later, on the first request."""
+    assert problems(PROXY_AUTH_FILE=str(tmp_path)) == [
+        f"PROXY_AUTH_FILE={str(tmp_path)!r}: must be the path of an existing readable file"
+    ]
+
+
+def test_value_with_newline_stays_on_one_line() -> None:
+    """A pasted value with a newline would split its error over several lines."""
+    [line] = problems(PROXY_WORKERS="4\nx")
+    assert line == "PROXY_WORKERS='4\\nx': must be a whole number greater than 0"
+
+
+def test_several_bad_values_give_several_lines() -> None:
+    """An operator would fix one variable, restart, and only then learn of the next."""
+    env = {
+        "PROXY_WORKER_CLASS": "eventlet",
+        "PROXY_ROUTES": "/api=http://a,/api=http://b",
+        "HTTP_POOL_TIMEOUT": "-1",
+        "HTTP_TLS_VERIFY": "maybe",
+    }
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert info.value.lines == [
+        "PROXY_WORKER_CLASS='eventlet': must be one of gevent, gthread, sync",
+        "PROXY_ROUTES='/api=http://a,/api=http://b': route '/api': prefix is listed twice",
+        f"HTTP_POOL_TIMEOUT='-1': {SECONDS_GT0}",
+        "HTTP_TLS_VERIFY='maybe': must be 1 or 0 (or true/false, yes/no)",
+    ]
+    assert str(info.value) == "\n".join(info.value.lines)
+    assert isinstance(info.value, ValueError)
+
+
+def test_several_bad_routes_share_one_line() -> None:
+    """Each bad route would need its own restart to discover."""
+    [line] = problems(PROXY_ROUTES="/a=ftp://x,b=http://y")
+    assert line == (
+        f"PROXY_ROUTES='/a=ftp://x,b=http://y': route '/a': {URL_HINT}; route 'b': {PREFIX_HINT}"
+    )
+
+
+# --- UpstreamURL ------------------------------------------------------------------------
+
+QUERY_HINT = "must not have a query (?) or fragment (#); give scheme, host, port and path"
+
+
+@pytest.mark.parametrize(
+    ("text", "origin", "path", "host_header"),
+    [
+        ("http://10.0.0.5:8000", ("http", "10.0.0.5", 8000), "", "10.0.0.5:8000"),
+        ("http://Example.COM", ("http", "example.com", 80), "", "example.com"),
+        ("HTTPS://example.com:443/", ("https", "example.com", 443), "", "example.com"),
+        ("https://example.com:80/a/b/", ("https", "example.com", 80), "/a/b", "example.com:80"),
+        ("http://[::1]:8080/x", ("http", "::1", 8080), "/x", "[::1]:8080"),
+        ("http://[FD00::1]", ("http", "fd00::1", 80), "", "[fd00::1]"),
+        ("http://my_host.internal:81", ("http", "my_host.internal", 81), "", "my_host.internal:81"),
+    ],
+)
+def test_upstream_url_parses(
+    text: str, origin: tuple[str, str, int], path: str, host_header: str
+) -> None:
+    """Requests would reach the wrong origin, path or Host for a valid upstream URL."""
+    u = UpstreamURL.parse(text)
+    assert (u.origin, u.path, u.host_header, u.url) == (origin, path, host_header, text)
+    assert (u.scheme, u.host, u.port) == origin
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ftp://x", URL_HINT),
+        ("example.com", URL_HINT),
+        ("http://", URL_HINT),
+        ("http:///path", URL_HINT),
+        ("http://a b", URL_HINT),
+        ("http://::1:80", URL_HINT),
+        ("http://[zz]", URL_HINT),
+        ("http://[::1", URL_HINT),
+        ("http://999.1.1.1", URL_HINT),
+        ("http://x:0", PORT_HINT),
+        ("http://x:http", PORT_HINT),
+        ("http://x/?a=1", QUERY_HINT),
+        ("http://x/?", QUERY_HINT),
+        ("http://x/#top", QUERY_HINT),
+        ("http://u:p@x", "must not contain user:password@; upstream credentials are not supported"),
+    ],
+)
+def test_upstream_url_refuses(text: str, message: str) -> None:
+    """A malformed upstream URL would start the proxy and fail on every request."""
+    with pytest.raises(ValueError) as info:
+        UpstreamURL.parse(text)
+    assert str(info.value) == message
+
+
+# --- routes -----------------------------------------------------------------------------
+
+
+def test_routes_are_stored_longest_prefix_first() -> None:
+    """A short prefix listed first would capture paths meant for a longer one."""
+    s = settings(PROXY_ROUTES="/=http://root, /api=http://api,/api/v2/=http://v2")
+    assert [r.prefix for r in s.routes] == ["/api/v2", "/api", "/"]
+    assert s.routes[0] == Route("/api/v2", UpstreamURL.parse("http://v2"))
+
+
+@pytest.fixture
+def routed() -> Settings:
+    return settings(
+        PROXY_UPSTREAM="http://default:8000",
+        PROXY_ROUTES="/api=http://api,/api/v2=http://v2/base",
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "host"),
+    [
+        ("/api", "api"),
+        ("/api/", "api"),
+        ("/api/users", "api"),
+        ("/api/v2", "v2"),
+        ("/api/v2/users", "v2"),
+        ("/api/v20", "api"),
+        ("/apiary", "default"),
+        ("/ap", "default"),
+        ("/", "default"),
+        ("/API", "default"),
+    ],
+)
+def test_route_for_matches_whole_segments(routed: Settings, path: str, host: str) -> None:
+    """'/api' would swallow '/apiary', or a longer prefix would lose to a shorter one."""
+    upstream = routed.route_for(path)
+    assert upstream is not None
+    assert upstream.host == host
+
+
+def test_root_route_matches_everything() -> None:
+    """A '/' route would leave some paths unrouted (404) or lose to PROXY_UPSTREAM."""
+    s = settings(PROXY_UPSTREAM="http://fallback", PROXY_ROUTES="/=http://root,/x=http://x")
+    picked = [s.route_for(p) for p in ("/", "/a/b", "/x/1", "/xy")]
+    assert [u.host if u else None for u in picked] == ["root", "root", "x", "root"]
+
+
+def test_route_for_without_match_is_none() -> None:
+    """A path no route covers would go to a random upstream instead of a 404."""
+    s = settings(PROXY_ROUTES="/api=http://api")
+    assert s.route_for("/other") is None
+    assert Settings.from_env({}).route_for("/anything") is None
+
+
+def test_upstreams_lists_each_once_upstream_first() -> None:
+    """The health thread would skip an upstream or probe one twice."""
+    s = settings(
+        PROXY_UPSTREAM="http://a",
+        PROXY_ROUTES="/x=http://b,/y=http://a:80/,/zz=http://b",
+    )
+    assert [(u.host, u.path) for u in s.upstreams] == [("a", ""), ("b", "")]
+    assert settings(PROXY_ROUTES="/x=http://b").upstreams == (UpstreamURL.parse("http://b"),)
+
+
+# --- HostPatterns -----------------------------------------------------------------------
+
+
+def hosts(text: str) -> HostPatterns:
+    return settings(PROXY_ALLOW_HOSTS=text).allow_hosts
+
+
+def test_host_patterns_exact_names() -> None:
+    """An allowed destination would be refused, or a similar name let through."""
+    p = hosts("api.example.com")
+    assert p.allows_name("api.example.com")
+    assert p.allows_name("API.Example.COM.")
+    assert not p.allows_name("example.com")
+    assert not p.allows_name("xapi.example.com")
+    assert not p.allows_name("api.example.com.evil.net")
+
+
+def test_host_patterns_suffix_is_subdomains_only() -> None:
+    """'*.example.com' would let example.com itself or lookalike domains through."""
+    p = hosts("*.example.com")
+    assert p.suffixes == (".example.com",)
+    assert p.allows_name("a.example.com")
+    assert p.allows_name("a.b.Example.com")
+    assert not p.allows_name("example.com")
+    assert not p.allows_name("badexample.com")
+    assert not p.allows_name(".example.com")
+
+
+def test_host_patterns_star_allows_everything() -> None:
+    """The default '*' would block forward proxying to some hosts."""
+    p = hosts("*")
+    assert p.any
+    assert p.allows_name("anything.test")
+    assert p.allows_address("10.1.2.3")
+
+
+def test_host_patterns_networks() -> None:
+    """A CIDR in PROXY_ALLOW_HOSTS would not match the address actually connected to."""
+    p = hosts("10.0.0.0/8, 2001:db8::/32, 192.168.1.5, example.com")
+    assert p.networks == (
+        ip_network("10.0.0.0/8"),
+        ip_network("2001:db8::/32"),
+        ip_network("192.168.1.5/32"),
+    )
+    assert p.names == frozenset({"example.com"})
+    assert p.allows_address("10.200.0.1")
+    assert p.allows_address("::ffff:10.1.1.1")
+    assert p.allows_address("2001:db8::7")
+    assert not p.allows_address("11.0.0.1")
+    assert not p.allows_address("example.com")
+    assert p.allows_name("10.9.9.9")
+    assert p.allows_name("[2001:db8::1]")
+    assert p.allows_name("192.168.1.5")
+    assert not p.allows_name("192.168.1.6")
+    assert not p.allows_address("not-an-ip")
+
+
+def test_host_patterns_mapped_network_matches_ipv4() -> None:
+    """An IPv4-mapped entry would never match the IPv4 address a socket reports."""
+    p = hosts("::ffff:10.0.0.0/104")
+    assert p.networks == (ip_network("10.0.0.0/8"),)
+    assert p.allows_address("10.3.3.3")
+
+
+# --- client_allowed ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [
+        ("127.0.0.1", True),
+        ("127.5.6.7", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("10.0.0.1", False),
+        ("::ffff:10.0.0.1", False),
+        ("", False),
+        ("unix-socket", False),
+    ],
+)
+def test_client_allowed_default(address: str, allowed: bool) -> None:
+    """Local clients would be refused, or remote ones let through, under the default."""
+    assert Settings.from_env({}).client_allowed(address) is allowed
+
+
+def test_client_allowed_with_scope_and_custom_networks() -> None:
+    """A link-local client with a %scope or a configured network would be refused."""
+    s = settings(PROXY_ALLOW_CLIENTS="fe80::/10,192.168.0.0/16")
+    assert s.client_allowed("fe80::1%eth0")
+    assert s.client_allowed("192.168.3.4")
+    assert s.client_allowed("::ffff:192.168.3.4")
+    assert not s.client_allowed("127.0.0.1")
+
+
+# --- load_settings ----------------------------------------------------------------------
+
+
+def test_load_settings_returns_settings() -> None:
+    """A good environment would not produce settings for gunicorn.conf.py."""
+    assert load_settings({"PROXY_THREADS": "4"}).threads == 4
+
+
+def test_load_settings_prints_each_problem_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad environment would show a traceback, or hide some problems, instead of lines to fix."""
+    with pytest.raises(SystemExit) as info:
+        load_settings({"HTTP_POOL_TIMEOUT": "-1", "PROXY_WORKERS": "x"})
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "wsgiproxy: PROXY_WORKERS='x': must be a whole number greater than 0",
+        f"wsgiproxy: HTTP_POOL_TIMEOUT='-1': {SECONDS_GT0}",
+    ]
+
+
+def test_load_settings_reads_os_environ_in_a_real_process() -> None:
+    """Start-up with a bad variable would print a traceback or exit with a respawnable code."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "from wsgiproxy.config import load_settings; load_settings()"],
+        cwd=ROOT,
+        env=clean_env(HTTP_POOL_TIMEOUT="-1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"wsgiproxy: HTTP_POOL_TIMEOUT='-1': {SECONDS_GT0}"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_import_pulls_in_no_network_or_gevent_modules() -> None:
+    """The gunicorn master would import ssl/urllib3 before gevent patches them in workers."""
+    code = (
+        "import sys, wsgiproxy.config\n"
+        "print(','.join(m for m in ('ssl', 'urllib3', 'flask', 'gevent') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert proc.stdout.strip() == ""

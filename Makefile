@@ -1,0 +1,35 @@
+# wsgiproxy: every target installs what it needs, so a fresh machine runs them as they are.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+
+.PHONY: run test lint tools clean
+
+$(STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+# curl drives the end-to-end tests the way users drive the proxy.
+tools:
+	@command -v curl >/dev/null 2>&1 || { \
+		(apt-get update -qq && apt-get install -y -qq curl) >/dev/null; }
+
+## run: set up .venv and start the proxy under gunicorn gevent workers (127.0.0.1:8080)
+run: $(STAMP)
+	$(BIN)/gunicorn -c gunicorn.conf.py wsgiproxy.app:app
+
+## test: install what the suite needs, then run it
+test: $(STAMP) tools
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+## lint: ruff and mypy --strict over the package
+lint: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check ruff==0.17.5 mypy==2.4.1
+	$(BIN)/ruff check wsgiproxy tests gunicorn.conf.py
+	$(BIN)/mypy --strict wsgiproxy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,146 @@
+"""The Flask application factory and the module-level WSGI callable.
+
+``create_app(settings=None)`` builds one whole proxy: settings (from the environment when
+none are given), the upstream client with its pool and urllib3 ``PoolManager``, the admin
+endpoints and the error handlers, all hung on ``app.extensions["wsgiproxy"]``. Proxied
+requests bypass Flask's routing: ``app.wsgi_app`` is wrapped so that only paths under
+``PROXY_ADMIN_PREFIX`` reach Flask, and everything else goes straight to the forwarder.
+
+gunicorn (``wsgiproxy.app:app``) imports this module in each worker, after gevent has
+patched, and ``flask --app wsgiproxy.app run`` imports it in the dev server: the
+module-level ``app`` and ``pool_manager`` are therefore per process, never built in the
+gunicorn master (which imports only ``wsgiproxy.config``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .config import Settings, load_settings
+from .forwarding import Forwarder, StartResponse, plain_response
+from .routing import raw_target
+from .upstream import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProxyState:
+    """What one app holds: hung on ``app.extensions["wsgiproxy"]``."""
+
+    settings: Settings
+    client: UpstreamClient
+    forwarder: Forwarder
+
+
+class Dispatcher:
+    """Sends admin paths to Flask and every other request to the forwarder.
+
+    Only origin-form requests can reach the admin endpoints: an absolute-form request for
+    ``http://elsewhere/_proxy/health`` is forward-proxy traffic for that host.
+    """
+
+    def __init__(self, flask_app: Any, forwarder: Forwarder, prefix: str) -> None:
+        self.flask_app = flask_app
+        self.forwarder = forwarder
+        self.prefix = prefix
+        self.prefix_slash = prefix + "/"
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if (path == self.prefix or path.startswith(self.prefix_slash)) and raw_target(
+            environ
+        ).startswith("/"):
+            return self.flask_app(environ, start_response)  # type: ignore[no-any-return]
+        return self.forwarder(environ, start_response)
+
+
+def _configure_logging(settings: Settings) -> None:
+    """Make our and urllib3's log lines visible at ``PROXY_LOG_LEVEL``.
+
+    Under gunicorn the lines go to gunicorn's error log handlers; elsewhere to stderr.
+    Nothing is added when the application (or pytest) already configured logging.
+    """
+    level = getattr(logging, settings.log_level.upper(), logging.INFO)
+    ours = logging.getLogger("wsgiproxy")
+    ours.setLevel(level)
+    if ours.handlers or logging.getLogger().handlers:
+        return
+    handlers = logging.getLogger("gunicorn.error").handlers
+    if not handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+        )
+        handlers = [handler]
+    for logger in (ours, logging.getLogger("urllib3")):
+        for handler in handlers:
+            logger.addHandler(handler)
+        logger.propagate = False
+    logging.getLogger("urllib3").setLevel(max(level, logging.WARNING))
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build one proxy app. With no settings, read them from the environment.
+
+    A bad environment raises ``SystemExit(2)`` after printing one line per problem.
+    """
+    if settings is None:
+        settings = load_settings()
+    _configure_logging(settings)
+    app = Flask(__name__)
+    client = UpstreamClient(settings)
+    forwarder = Forwarder(settings, client)
+    state = ProxyState(settings, client, forwarder)
+    app.extensions["wsgiproxy"] = state
+    prefix = settings.admin_prefix
+
+    @app.before_request
+    def _admin_clients_only() -> Response | None:
+        client_addr = request.remote_addr or ""
+        if client_addr and not settings.client_allowed(client_addr):
+            return _plain(403, f"client {client_addr} may not use the admin endpoints"
+                          " (PROXY_ALLOW_CLIENTS)", "forbidden")
+        return None
+
+    @app.get(f"{prefix}/health")
+    def health() -> Response:
+        """Pool figures of the worker that answered; 200 while it can serve."""
+        return jsonify(
+            status="ok",
+            pid=os.getpid(),
+            pool=client.pool.stats(),
+            pool_enabled=settings.pool_enabled,
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        return _plain(code, exc.description or exc.name, "admin-" + str(code))
+
+    app.wsgi_app = Dispatcher(app.wsgi_app, forwarder, prefix)  # type: ignore[method-assign]
+    return app
+
+
+def _plain(status: int, message: str, kind: str) -> Response:
+    captured: dict[str, Any] = {}
+
+    def start_response(status_line: str, headers: list[tuple[str, str]]) -> None:
+        captured["status"] = status_line
+        captured["headers"] = headers
+
+    body = plain_response(start_response, status, message, kind=kind)
+    return Response(body, status=captured["status"], headers=captured["headers"])
+
+
+app = create_app()
+#: The module-level urllib3 PoolManager of this process, backed by our pool.
+pool_manager = app.extensions["wsgiproxy"].client.manager

@@ -1,0 +1,270 @@
+"""WSGI request -> upstream request -> WSGI response.
+
+The proxying path, kept off Flask's routing so a proxied request costs only what it
+must: resolve the destination, rewrite the headers a proxy owns (hop-by-hop removed,
+``X-Forwarded-*`` and ``Via`` set), relay the body as it arrives, and stream the response
+back as the upstream sends it. Every ``ProxyError`` becomes a one-line plain-text
+response with ``X-Proxy-Error`` here, in one place.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
+from typing import Any
+
+from urllib3.exceptions import HTTPError, ReadTimeoutError
+
+from .config import Settings
+from .errors import (
+    BadRequest,
+    BodyTooLarge,
+    NotSupported,
+    ProxyError,
+    UpstreamProtocolError,
+)
+from .routing import Router, raw_target
+from .upstream import Exchange, RequestBody, UpstreamClient, origin_text
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[..., Any]
+
+#: Hop-by-hop headers (RFC 9110 7.6.1), plus the proxy-only ones: never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+#: Request headers this hop writes itself (or has already acted on).
+_REPLACED = frozenset({"host", "expect", "x-forwarded-proto", "x-forwarded-host", "via"})
+_READ_SIZE = 64 * 1024
+_OBS_FOLD = re.compile(r"\r?\n[ \t]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _connection_tokens(value: str | None) -> frozenset[str]:
+    """The header names a ``Connection`` header lists: also hop-by-hop for this message."""
+    if not value:
+        return frozenset()
+    return frozenset(token.strip().lower() for token in value.split(",") if token.strip())
+
+
+def _header_name(key: str) -> str:
+    """``HTTP_X_FORWARDED_FOR`` -> ``X-Forwarded-For``."""
+    return "-".join(part.capitalize() for part in key[5:].split("_"))
+
+
+def _append(existing: str | None, value: str) -> str:
+    return f"{existing}, {value}" if existing else value
+
+
+def plain_response(
+    start_response: StartResponse,
+    status: int,
+    message: str,
+    *,
+    kind: str,
+    headers: Iterable[tuple[str, str]] = (),
+) -> list[bytes]:
+    """A one-line ``text/plain`` response naming what failed, tagged ``X-Proxy-Error``."""
+    body = (" ".join(message.split()) + "\n").encode("utf-8", "replace")
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+    start_response(
+        f"{status} {phrase}",
+        [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("X-Proxy-Error", kind),
+            *headers,
+        ],
+    )
+    return [body]
+
+
+class Forwarder:
+    """The WSGI callable that proxies one request; one per app."""
+
+    def __init__(self, settings: Settings, client: UpstreamClient) -> None:
+        self.settings = settings
+        self.client = client
+        self.router = Router(settings)
+        self.via = "wsgiproxy"
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        raw = raw_target(environ)
+        try:
+            if method == "CONNECT":
+                raise NotSupported("CONNECT tunnels are not supported by this proxy yet")
+            target = self.router.resolve(environ, raw)
+            body = self._request_body(environ)
+            headers = self._request_headers(environ, target.host_header)
+            exchange = self.client.send(target.origin, method, target.path, headers, body)
+        except ProxyError as exc:
+            if exc.status >= 500:
+                log.warning("%s %s -> %d: %s", method, raw[:200], exc.status, exc.message)
+            else:
+                log.info("%s %s -> %d: %s", method, raw[:200], exc.status, exc.message)
+            return plain_response(
+                start_response, exc.status, exc.message, kind=exc.kind, headers=exc.headers
+            )
+        try:
+            status, response_headers = self._response_head(exchange, environ)
+        except ProxyError as exc:
+            self.client.finish(exchange, complete=False)
+            log.warning("%s %s -> %d: %s", method, raw[:200], exc.status, exc.message)
+            return plain_response(start_response, exc.status, exc.message, kind=exc.kind)
+        start_response(status, response_headers)
+        return ResponseBody(exchange, self.client, method, raw)
+
+    # -- request ----------------------------------------------------------------------
+    def _request_body(self, environ: dict[str, Any]) -> RequestBody | None:
+        """The body to relay, after the framing checks that must happen before sending.
+
+        Raises NotSupported (501) for a transfer coding other than ``chunked`` alone,
+        BadRequest (400) for an unreadable length, BodyTooLarge (413) over the limit.
+        """
+        coding = environ.get("HTTP_TRANSFER_ENCODING")
+        length_text = environ.get("CONTENT_LENGTH") or ""
+        max_body = self.settings.max_body
+        if coding is not None:
+            if coding.strip().lower() != "chunked":
+                raise NotSupported(
+                    f"Transfer-Encoding {coding[:60]!r} is not supported; only chunked is"
+                )
+            if length_text:
+                raise BadRequest("request has both Content-Length and Transfer-Encoding")
+            return RequestBody(environ["wsgi.input"], None, max_body)
+        if not length_text:
+            return None
+        if not length_text.isdigit():
+            raise BadRequest(f"bad Content-Length {length_text[:40]!r}")
+        length = int(length_text)
+        if max_body and length > max_body:
+            raise BodyTooLarge(f"request body of {length} bytes is over {max_body} (PROXY_MAX_BODY)")
+        return RequestBody(environ["wsgi.input"], length, max_body)
+
+    def _request_headers(self, environ: dict[str, Any], host_header: str) -> dict[str, str]:
+        """Headers for the upstream: the client's, less hop-by-hop, plus this hop's own."""
+        dropped = _connection_tokens(environ.get("HTTP_CONNECTION"))
+        headers: dict[str, str] = {"Host": host_header}
+        for key, value in environ.items():
+            if not key.startswith("HTTP_"):
+                continue
+            name = _header_name(key)
+            lowered = name.lower()
+            if lowered in HOP_BY_HOP or lowered in _REPLACED or lowered in dropped:
+                continue
+            headers[name] = value
+        if environ.get("CONTENT_TYPE"):
+            headers["Content-Type"] = environ["CONTENT_TYPE"]
+        if environ.get("CONTENT_LENGTH") and "HTTP_TRANSFER_ENCODING" not in environ:
+            headers["Content-Length"] = environ["CONTENT_LENGTH"]
+        client = environ.get("REMOTE_ADDR")
+        if client:
+            headers["X-Forwarded-For"] = _append(headers.get("X-Forwarded-For"), client)
+        headers["X-Forwarded-Proto"] = environ.get("wsgi.url_scheme", "http")
+        if environ.get("HTTP_HOST"):
+            headers["X-Forwarded-Host"] = environ["HTTP_HOST"]
+        version = environ.get("SERVER_PROTOCOL", "HTTP/1.1").partition("/")[2] or "1.1"
+        headers["Via"] = _append(environ.get("HTTP_VIA"), f"{version} {self.via}")
+        return headers
+
+    # -- response ---------------------------------------------------------------------
+    def _response_head(
+        self, exchange: Exchange, environ: dict[str, Any]
+    ) -> tuple[str, list[tuple[str, str]]]:
+        """Status line and headers for the client: hop-by-hop removed, ``Via`` added.
+
+        Raises UpstreamProtocolError (502) for a header a client must not receive.
+        """
+        response = exchange.response
+        dropped = _connection_tokens(response.headers.get("connection"))
+        headers: list[tuple[str, str]] = []
+        via: str | None = None
+        for name, value in response.headers.iteritems():
+            lowered = name.lower()
+            if lowered in HOP_BY_HOP or lowered in dropped:
+                continue
+            if "\n" in value:
+                value = _OBS_FOLD.sub(" ", value)
+            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+                raise UpstreamProtocolError(
+                    f"upstream {origin_text(exchange.origin)} sent an invalid header {name[:60]!r}"
+                )
+            if lowered == "via":
+                via = _append(via, value)
+                continue
+            headers.append((name, value))
+        version = "1.0" if response.version == 10 else "1.1"
+        headers.append(("Via", _append(via, f"{version} {self.via}")))
+        reason = response.reason or (
+            HTTPStatus(response.status).phrase
+            if response.status in HTTPStatus._value2member_map_
+            else "Unknown"
+        )
+        return f"{response.status} {reason}", headers
+
+
+class ResponseBody:
+    """The upstream's response body as a WSGI iterable, relayed as it arrives.
+
+    Each step returns what the upstream has sent so far (``read1``), so a streamed
+    response reaches the client chunk by chunk. If the upstream fails mid-body the
+    client's connection is aborted (a truncated message, never a complete-looking one):
+    raising ``ConnectionResetError`` makes gunicorn and werkzeug drop the client socket
+    without writing the final chunk, and without logging a traceback. ``close`` (always
+    called by the server) gives the upstream connection back, or closes it.
+    """
+
+    def __init__(self, exchange: Exchange, client: UpstreamClient, method: str, raw: str) -> None:
+        self._exchange = exchange
+        self._client = client
+        self._complete = False
+        self._closed = False
+        self._method = method
+        self._raw = raw
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._complete:
+            raise StopIteration
+        try:
+            data = self._exchange.response.read1(_READ_SIZE, decode_content=False)
+        except (HTTPError, OSError, ValueError) as exc:
+            kind = "timed out" if isinstance(exc, ReadTimeoutError) else "broke off"
+            log.warning(
+                "%s %s: upstream %s response %s mid-body: %s; aborting the client's response",
+                self._method,
+                self._raw[:200],
+                origin_text(self._exchange.origin),
+                kind,
+                " ".join(str(exc).split())[:200],
+            )
+            self._client.pool.note_error()
+            self.close()
+            raise ConnectionResetError(errno.ECONNRESET, "upstream response broke off") from exc
+        if not data:
+            self._complete = True
+            raise StopIteration
+        return bytes(data)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._client.finish(self._exchange, complete=self._complete)

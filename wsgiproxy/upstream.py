@@ -1,0 +1,452 @@
+"""urllib3 glue: open, reuse and close upstream connections through our pool.
+
+urllib3 still speaks HTTP (its ``HTTPConnection`` writes the request and parses the
+response); what it no longer decides is which connection a request gets. A
+``PoolManager`` subclass, the module-level entry point sized from the environment,
+registers ``OriginPool`` for both schemes through ``pool_classes_by_scheme``; each
+``OriginPool`` is one origin's view of the process-wide ``pool.Pool``, plugged in at
+urllib3's own seams (``_get_conn``, ``_put_conn``, ``_new_conn``).
+
+``UpstreamClient.send`` is the one way a request goes upstream. It owns the rules that
+need to know whether a connection was reused: a stale idle socket is dropped before use,
+and a request that fails on a reused connection before any response byte is sent once
+more on a new one when the contract allows it (idempotent method, body kept whole).
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, PoolManager
+from urllib3.connection import HTTPConnection
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NameResolutionError,
+    NewConnectionError,
+)
+from urllib3.response import HTTPResponse
+from urllib3.util import SKIP_HEADER
+from urllib3.util.wait import wait_for_read
+
+from .config import Origin, Settings
+from .errors import (
+    BodyTooLarge,
+    ClientBodyError,
+    PoolExhausted,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from .pool import Decision, Lease, Limits, Pool, PoolTimeout
+
+log = logging.getLogger(__name__)
+
+#: Methods whose replay cannot change the outcome (RFC 9110 9.2.2).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+#: A body up to this size is kept while it streams, so one replay can resend it.
+REPLAY_LIMIT = 64 * 1024
+#: Read size for request bodies: bounded memory, few system calls.
+BLOCK = 64 * 1024
+
+# Errors that mean "the peer closed or reset the socket": on a reused connection before
+# any response byte, that is the keep-alive race, not an answer from the upstream.
+_STALE_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+def origin_text(origin: Origin) -> str:
+    """``http://host:port`` for messages (IPv6 hosts bracketed)."""
+    scheme, host, port = origin
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
+
+
+class RequestBody:
+    """The client's request body, streamed once, with the start kept for one replay.
+
+    Iterating yields the body in blocks as the client sends it, never holding more than a
+    block plus the replay buffer. The first ``REPLAY_LIMIT`` bytes are kept, so iterating
+    again (a replay on a new connection) yields them and then carries on reading from the
+    client. Errors reading the client become ``ClientBodyError`` (400) and a body over
+    ``max_body`` becomes ``BodyTooLarge`` (413): both abort the upstream exchange.
+    """
+
+    def __init__(self, stream: Any, length: int | None, max_body: int) -> None:
+        self._stream = stream
+        #: Declared Content-Length, or None for a chunked body read to its end.
+        self.length = length
+        self._max_body = max_body
+        self._kept: list[bytes] | None = []
+        self._read = 0
+        self._eof = length == 0
+
+    @property
+    def chunked(self) -> bool:
+        """True when the body is relayed with chunked framing (no Content-Length)."""
+        return self.length is None
+
+    @property
+    def replayable(self) -> bool:
+        """True while everything read so far is kept (at most ``REPLAY_LIMIT`` bytes)."""
+        return self._kept is not None
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._kept:
+            yield from list(self._kept)
+        while not self._eof:
+            want = BLOCK if self.length is None else min(BLOCK, self.length - self._read)
+            try:
+                data = self._stream.read(want)
+            except Exception as exc:  # gunicorn raises its own parse errors here
+                raise ClientBodyError(
+                    f"request body broke off after {self._read} bytes: {exc or type(exc).__name__}"
+                ) from exc
+            if not data:
+                if self.length is not None:
+                    raise ClientBodyError(
+                        f"client sent {self._read} of {self.length} body bytes, then stopped"
+                    )
+                self._eof = True
+                break
+            self._read += len(data)
+            if self._max_body and self._read > self._max_body:
+                raise BodyTooLarge(
+                    f"request body over {self._max_body} bytes (PROXY_MAX_BODY)"
+                )
+            if self.length is not None and self._read >= self.length:
+                self._eof = True
+            if self._kept is not None:
+                if self._read <= REPLAY_LIMIT:
+                    self._kept.append(data)
+                else:
+                    self._kept = None
+            yield data
+
+
+class OriginPool(HTTPConnectionPool):
+    """One origin's view of the shared ``Pool``: urllib3's seams, our decisions.
+
+    ``_get_conn`` waits in the shared pool (FIFO, global limits) and hands back either a
+    reused connection or a fresh, not yet connected one; ``_put_conn`` returns it (or
+    closes it when it cannot be reused). The lease travels on the connection object so
+    urllib3's own ``urlopen`` keeps working through the same seams.
+    """
+
+    shared: Pool[HTTPConnection]
+    reuse: bool
+    origin: Origin
+
+    def _get_conn(self, timeout: float | None = None) -> HTTPConnection:
+        lease = self.shared.acquire(self.origin, timeout if timeout is not None else 5.0)
+        conn = lease.conn
+        if conn is None:
+            conn = self._new_conn()  # type: ignore[assignment]
+            assert conn is not None
+        conn._wsgiproxy_lease = lease  # type: ignore[attr-defined]
+        return conn
+
+    def _put_conn(self, conn: Any) -> None:
+        lease: Lease[HTTPConnection] | None = getattr(conn, "_wsgiproxy_lease", None)
+        if lease is None:
+            if conn is not None:
+                conn.close()
+            return
+        conn._wsgiproxy_lease = None
+        if lease.conn is None:  # opened lazily by urllib3's urlopen, or never opened
+            if conn.is_closed:
+                self.shared.connect_failed(lease)
+                return
+            self.shared.connected(lease, conn)
+        self.shared.release(lease, reusable=self.reuse and not conn.is_closed)
+
+    def close(self) -> None:
+        """Called when urllib3 drops this origin from its LRU: close its idle sockets."""
+        self.shared.close_idle(self.origin)
+
+
+class OriginHTTPSPool(OriginPool, HTTPSConnectionPool):
+    """``OriginPool`` for https origins (urllib3 builds the TLS connections)."""
+
+
+class ProxyPoolManager(PoolManager):
+    """The process's urllib3 ``PoolManager`` with every origin backed by one ``Pool``."""
+
+    def __init__(self, shared: Pool[HTTPConnection], reuse: bool, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.shared = shared
+        self.reuse = reuse
+        self.pool_classes_by_scheme = {"http": OriginPool, "https": OriginHTTPSPool}
+
+    def _new_pool(
+        self,
+        scheme: str,
+        host: str,
+        port: int,
+        request_context: dict[str, Any] | None = None,
+    ) -> HTTPConnectionPool:
+        pool = super()._new_pool(scheme, host, port, request_context)
+        assert isinstance(pool, OriginPool)
+        pool.shared = self.shared
+        pool.reuse = self.reuse
+        pool.origin = (scheme, host.strip("[]").lower(), port)
+        return pool
+
+
+@dataclass
+class Exchange:
+    """One request in flight upstream: its response and the lease to give back."""
+
+    response: HTTPResponse
+    conn: HTTPConnection
+    lease: Lease[HTTPConnection]
+    origin: Origin
+    reused: bool
+
+
+def keepalive_timeout(value: str | None) -> float | None:
+    """The ``timeout=N`` of a ``Keep-Alive`` response header, or None."""
+    if not value:
+        return None
+    for part in value.split(","):
+        name, _, number = part.strip().partition("=")
+        if name.strip().lower() == "timeout":
+            try:
+                return float(number.strip())
+            except ValueError:
+                return None
+    return None
+
+
+class UpstreamClient:
+    """Sends requests upstream over pooled connections; one per worker process.
+
+    Built by ``create_app`` in the worker (after gevent has patched), never in the
+    gunicorn master. ``send`` returns an ``Exchange`` whose response body the caller
+    streams, then ``finish`` gives the connection back: to the pool when the response was
+    read whole and the upstream keeps the connection open, closed otherwise.
+    """
+
+    def __init__(
+        self, settings: Settings, on_decision: Any | None = None
+    ) -> None:
+        self.settings = settings
+        self.pool: Pool[HTTPConnection] = Pool(
+            Limits(
+                max_connections=settings.max_connections,
+                max_keepalive=settings.max_keepalive_connections if settings.pool_enabled else 0,
+                keepalive_expiry=settings.keepalive_expiry,
+            ),
+            on_decision=on_decision,
+        )
+        tls: dict[str, Any] = {}
+        if settings.tls_verify:
+            tls["cert_reqs"] = "CERT_REQUIRED"
+            if settings.ca_bundle:
+                tls["ca_certs"] = settings.ca_bundle
+        else:
+            tls["cert_reqs"] = "CERT_NONE"
+            tls["assert_hostname"] = False
+        #: The module-level PoolManager (``wsgiproxy.app.pool_manager``).
+        self.manager = ProxyPoolManager(
+            self.pool,
+            settings.pool_enabled,
+            num_pools=1000,
+            retries=False,
+            **tls,
+        )
+
+    # -- checkout -------------------------------------------------------------------
+    def _checkout(
+        self, origin_pool: OriginPool
+    ) -> tuple[Lease[HTTPConnection], HTTPConnection]:
+        """A live connection to the origin: reused if an idle one is still open, else new.
+
+        Raises PoolExhausted (503), UpstreamConnectError (502) or UpstreamTimeout (504).
+        """
+        settings = self.settings
+        origin = origin_pool.origin
+        while True:
+            try:
+                lease = self.pool.acquire(origin, settings.pool_timeout)
+            except PoolTimeout as exc:
+                raise PoolExhausted(
+                    str(exc), headers=[("Retry-After", str(max(1, round(settings.pool_timeout))))]
+                ) from exc
+            conn = lease.conn
+            if conn is not None:
+                sock = conn.sock
+                # An idle socket that polls readable has been closed by the upstream (or
+                # holds garbage): drop it now rather than lose a request to it.
+                if sock is None or wait_for_read(sock, timeout=0.0):
+                    self.pool.discard(lease)
+                    continue
+                return lease, conn
+            conn = origin_pool._new_conn()  # type: ignore[assignment]
+            conn.timeout = settings.connect_timeout
+            try:
+                conn.connect()
+            except BaseException as exc:
+                conn.close()
+                self.pool.connect_failed(lease)
+                self.pool.note_error()
+                raise _connect_error(origin, settings, exc) from exc
+            self.pool.connected(lease, conn)
+            return lease, conn
+
+    # -- exchange -------------------------------------------------------------------
+    def send(
+        self,
+        origin: Origin,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: RequestBody | None,
+    ) -> Exchange:
+        """Send one request and read the response head; the body is left to stream.
+
+        ``target`` goes on the request line byte for byte. ``headers`` are sent as given,
+        and urllib3 adds nothing (no User-Agent or Accept-Encoding of its own).
+        """
+        settings = self.settings
+        scheme, host, port = origin
+        origin_pool = self.manager.connection_from_host(host, port, scheme)
+        assert isinstance(origin_pool, OriginPool)
+        for name in ("User-Agent", "Accept-Encoding"):
+            if name not in headers:
+                headers[name] = SKIP_HEADER
+        chunked = body is not None and body.chunked
+        replay_ok = method in IDEMPOTENT
+        while True:
+            lease, conn = self._checkout(origin_pool)
+            reused = lease.reused
+            try:
+                conn.timeout = settings.write_timeout
+                conn.request(
+                    method,
+                    target,
+                    body=body,
+                    headers=headers,
+                    chunked=chunked,
+                    preload_content=False,
+                    decode_content=False,
+                    enforce_content_length=True,
+                )
+                conn.timeout = settings.read_timeout
+                response = conn.getresponse()
+            except (ClientBodyError, BodyTooLarge):
+                conn.close()
+                self.pool.discard(lease)
+                raise
+            except _STALE_ERRORS as exc:
+                conn.close()
+                self.pool.discard(lease)
+                if reused and replay_ok and (body is None or body.replayable):
+                    self.pool.note_retry()
+                    log.debug(
+                        "reused connection to %s was closed by the upstream (%s); "
+                        "sending %s %s again on a new connection",
+                        origin_text(origin), type(exc).__name__, method, target,
+                    )
+                    continue
+                self.pool.note_error()
+                raise UpstreamProtocolError(
+                    f"upstream {origin_text(origin)} closed the connection before answering"
+                    f" ({type(exc).__name__})"
+                ) from exc
+            except (TimeoutError, socket.timeout) as exc:
+                conn.close()
+                self.pool.discard(lease)
+                self.pool.note_error()
+                raise UpstreamTimeout(
+                    f"upstream {origin_text(origin)} sent no response within "
+                    f"{settings.read_timeout:g}s (HTTP_READ_TIMEOUT)"
+                ) from exc
+            except (OSError, http.client.HTTPException, HTTPError, ValueError) as exc:
+                conn.close()
+                self.pool.discard(lease)
+                self.pool.note_error()
+                raise UpstreamProtocolError(
+                    f"upstream {origin_text(origin)} sent an invalid response: "
+                    f"{_one_line(exc)}"
+                ) from exc
+            return Exchange(response, conn, lease, origin, reused)
+
+    def finish(self, exchange: Exchange, complete: bool) -> None:
+        """Give the connection back: pooled if the body was read whole and it stays open.
+
+        Anything else (client gone, upstream reset, timeout, ``Connection: close``) closes
+        it, so a half-read response can never leak into the next request.
+        """
+        conn = exchange.conn
+        response = exchange.response
+        if not complete or conn.is_closed or not self.settings.pool_enabled:
+            response.close()
+            conn.close()
+            self.pool.discard(exchange.lease)
+            return
+        expires_in = keepalive_timeout(response.headers.get("keep-alive"))
+        if expires_in is not None:
+            # Close our side a second before the upstream says it will close its side,
+            # so we never send a request into a socket it is closing.
+            expires_in -= 1.0
+            if expires_in <= 0:
+                conn.close()
+                self.pool.discard(exchange.lease)
+                return
+        self.pool.release(exchange.lease, reusable=True, expires_in=expires_in)
+
+    def close(self) -> None:
+        """Close every idle connection; used when the worker exits."""
+        self.pool.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())[:300]
+
+
+def _connect_error(origin: Origin, settings: Settings, exc: BaseException) -> Exception:
+    """Map a failed connect to what the client sees: 504 for a timeout, else 502."""
+    where = origin_text(origin)
+    # NewConnectionError subclasses ConnectTimeoutError in urllib3 2.x: test it first,
+    # or refused connections would turn into 504s.
+    if isinstance(exc, NameResolutionError):
+        return UpstreamConnectError(f"cannot resolve upstream host of {where}")
+    if isinstance(exc, NewConnectionError):
+        reason = exc.__cause__ or exc.__context__ or exc
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            return UpstreamTimeout(
+                f"connecting to upstream {where} took over {settings.connect_timeout:g}s"
+                " (HTTP_CONNECT_TIMEOUT)"
+            )
+        return UpstreamConnectError(f"upstream {where} refused or unreachable: {_one_line(reason)}")
+    if isinstance(exc, (ConnectTimeoutError, TimeoutError, socket.timeout)):
+        return UpstreamTimeout(
+            f"connecting to upstream {where} took over {settings.connect_timeout:g}s"
+            " (HTTP_CONNECT_TIMEOUT)"
+        )
+    if isinstance(exc, (ssl.SSLError, ssl.CertificateError)) or "certificate" in str(exc).lower():
+        return UpstreamConnectError(
+            f"TLS handshake with upstream {where} failed: {_one_line(exc)}"
+            " (set HTTP_CA_BUNDLE to the CA that signed it)"
+        )
+    return UpstreamConnectError(f"cannot connect to upstream {where}: {_one_line(exc)}")
+
+
+__all__ = [
+    "Decision",
+    "Exchange",
+    "OriginPool",
+    "ProxyPoolManager",
+    "RequestBody",
+    "UpstreamClient",
+    "keepalive_timeout",
+    "origin_text",
+]

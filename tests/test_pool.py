@@ -425,6 +425,39 @@ def test_abandoned_waiter_gives_back_what_it_was_served() -> None:
     pool.check_invariants()
 
 
+def test_renew_replaces_a_dead_connection_without_queueing_again() -> None:
+    """A request whose reused socket turned out dead would go to the back of the queue
+    (and could time out) instead of keeping its place."""
+    state = new_state(max_connections=1)
+    lease = take(state, A)
+    state.release(lease, 1.0, reusable=True)
+    reused = take(state, A, 2.0)
+    waiter, _ = state.acquire(A, 2.0)  # someone queues behind the holder
+    assert waiter.state == "queued"
+    fresh, tr = state.renew(reused, 3.0)
+    assert closed_by(tr) == [lease.conn]
+    assert kinds(tr) == ["close", "create"]
+    assert fresh.conn is None and not fresh.reused and fresh.origin == A
+    assert state.open == 1 and state.queued == 1 and waiter.state == "queued"
+    state.check_invariants()
+    state.connected(fresh, FakeConn(A))
+    with pytest.raises(RuntimeError):
+        state.release(reused, 4.0, reusable=True)  # the old lease is gone
+    tr = state.release(fresh, 4.0, reusable=True)
+    assert tr.wake == [waiter] and waiter.lease is not None
+    state.check_invariants()
+
+
+def test_renew_of_a_connecting_lease_changes_nothing() -> None:
+    """Renewing a slot that has no socket yet must not close or count anything."""
+    state = new_state()
+    waiter, _ = state.acquire(A, 0.0)
+    assert waiter.lease is not None
+    same, tr = state.renew(waiter.lease, 0.0)
+    assert same is waiter.lease and tr.close == [] and tr.decisions == []
+    state.check_invariants()
+
+
 def test_double_release_is_refused() -> None:
     """A lease released twice would put one connection in two requests' hands."""
     state = new_state()
@@ -632,6 +665,11 @@ def test_random_sequences_keep_every_invariant(seed: int) -> None:
                     apply(state.connect_failed(lease, now))
                 continue
             in_use.discard(lease.conn.id)
+            if rng.random() < 0.1:  # its socket turned out dead: a new one, same slot
+                fresh, tr = state.renew(lease, now)
+                apply(tr)
+                held.append(fresh)
+                continue
             expires_in = rng.choice([None, None, 0.2, 0.0])
             apply(state.release(lease, now, reusable=rng.random() < 0.8, expires_in=expires_in))
         elif op < 0.8 and queued:

@@ -110,6 +110,7 @@ class _Conn:
         self.server_closed = False  # the server decided to end it (stop, idle close, route)
         self.closed = False
         self.reset = False  # close with SO_LINGER 0 (RST)
+        self.drop_next = False  # /drop-next: the next request here is read, then dropped
         self.thread: threading.Thread | None = None
 
 
@@ -793,6 +794,10 @@ class UpstreamServer:
 
     def _dispatch(self, ctx: _Ctx) -> bool:
         path = ctx.path
+        if ctx.conn.drop_next:
+            # The keep-alive race, on demand: the connection was idle in the client's pool
+            # and we close it just as a request arrives on it, without a response byte.
+            return False
         if path.startswith("/echo/"):  # /echo/<anything> echoes too
             return self._route_echo(ctx)
         if path.startswith("/status/"):
@@ -814,6 +819,7 @@ class UpstreamServer:
             "/hang": self._route_hang,
             "/keepalive": self._route_keepalive,
             "/headers": self._route_headers,
+            "/drop-next": self._route_drop_next,
         }.get(path)
         if route is None:
             return self._simple(ctx, 404, b"not found\n")
@@ -935,6 +941,14 @@ class UpstreamServer:
         ctx.keep_alive = False
         self._simple(ctx, 200, b"closing\n")
         return False
+
+    def _route_drop_next(self, ctx: _Ctx) -> bool:
+        """200 now; the next request on this connection is read, then the connection is
+        closed with no response (what a client sees when it reuses a connection the
+        server is closing for idleness)."""
+        self._simple(ctx, 200, b"ok\n")
+        ctx.conn.drop_next = True
+        return True
 
     def _route_reset(self, ctx: _Ctx) -> bool:
         ctx.conn.reset = True

@@ -34,6 +34,8 @@ job (upstream.py): a new slot comes back as a `Lease` whose `conn` is None.
 #                   head waiter when it wants the same origin (handoff); then the pass.
 #   cancel          queued -> gone (timeout or abandoned); a served waiter keeps its Lease.
 #                   Runs no pass: by I4 a removed waiter frees nothing the others could use.
+#   renew           active -> closed and a new connecting record for the same holder (a
+#                   dead connection replaced without queueing again). No pass.
 #   close_expired   the pass.    close_idle: idle -> closed (all, or one origin's), the pass.
 #   close           idle -> closed, queued -> gone; later acquires raise RuntimeError.
 #   The pass: expired idle -> closed (heap top only); surplus idle -> closed, oldest first;
@@ -343,6 +345,24 @@ class PoolState(Generic[C]):
         self._pass(now, tr)
         return tr
 
+    def renew(self, lease: Lease[C], now: float) -> tuple[Lease[C], Transition[C]]:
+        """The holder's connection is dead (closed by the upstream while idle, or reset on
+        reuse): close it, but keep the slot for the same holder, who opens a new one.
+
+        The holder does not queue again behind later arrivals, and nothing else changes:
+        one slot closed, one connecting, so no pass is needed (I1 and I4 hold as before).
+        """
+        rec = self._held(lease)
+        if rec.state == "connecting":
+            return lease, Transition()
+        rec.holder = None
+        tr: Transition[C] = Transition()
+        self._close(rec, "close", tr)
+        fresh = _Record[C](rec.origin, max(now, self._now))
+        self._move(fresh, "connecting")
+        tr.decisions.append(Decision("create", rec.origin, self.counts()))
+        return self._lend(fresh, reused=False), tr
+
     def close_expired(self, now: float) -> Transition[C]:
         """Close idle connections whose time is up (the pass does it; this just runs it)."""
         tr: Transition[C] = Transition()
@@ -632,6 +652,15 @@ class Pool(Generic[C]):
         self._run(
             lambda now: self._state.release(lease, now, reusable=reusable, expires_in=expires_in)
         )
+
+    def renew(self, lease: Lease[C]) -> Lease[C]:
+        """Close the lease's dead connection and return a lease on a new slot for the same
+        holder (its `conn` is None: open one and call `connected`). No re-queueing."""
+        now = self._clock()
+        with self._lock:
+            fresh, tr = self._state.renew(lease, now)
+        self._finish(tr)
+        return fresh
 
     def discard(self, lease: Lease[C]) -> None:
         """The connection is broken: close it and free its slot."""

@@ -271,34 +271,37 @@ class UpstreamClient:
         Raises PoolExhausted (503), UpstreamConnectError (502) or UpstreamTimeout (504).
         """
         settings = self.settings
-        origin = origin_pool.origin
-        while True:
-            try:
-                lease = self.pool.acquire(origin, settings.pool_timeout)
-            except PoolTimeout as exc:
-                raise PoolExhausted(
-                    str(exc), headers=[("Retry-After", str(max(1, round(settings.pool_timeout))))]
-                ) from exc
-            conn = lease.conn
-            if conn is not None:
-                sock = conn.sock
-                # An idle socket that polls readable has been closed by the upstream (or
-                # holds garbage): drop it now rather than lose a request to it.
-                if sock is None or wait_for_read(sock, timeout=0.0):
-                    self.pool.discard(lease)
-                    continue
-                return lease, conn
-            conn = origin_pool._new_conn()  # type: ignore[assignment]
-            conn.timeout = settings.connect_timeout
-            try:
-                conn.connect()
-            except BaseException as exc:
-                conn.close()
-                self.pool.connect_failed(lease)
-                self.pool.note_error()
-                raise _connect_error(origin, settings, exc) from exc
-            self.pool.connected(lease, conn)
-            return lease, conn
+        try:
+            lease = self.pool.acquire(origin_pool.origin, settings.pool_timeout)
+        except PoolTimeout as exc:
+            raise PoolExhausted(
+                str(exc), headers=[("Retry-After", str(max(1, round(settings.pool_timeout))))]
+            ) from exc
+        conn = lease.conn
+        if conn is None:
+            return lease, self._connect(origin_pool, lease)
+        sock = conn.sock
+        # An idle socket that polls readable was closed by the upstream (or holds bytes
+        # nobody asked for): replace it now rather than lose a request to it. The lease
+        # keeps its slot, so the request does not queue again behind later arrivals.
+        if sock is None or wait_for_read(sock, timeout=0.0):
+            lease = self.pool.renew(lease)
+            return lease, self._connect(origin_pool, lease)
+        return lease, conn
+
+    def _connect(self, origin_pool: OriginPool, lease: Lease[HTTPConnection]) -> HTTPConnection:
+        """Open the connection for a new slot; on failure free the slot and say why."""
+        conn: HTTPConnection = origin_pool._new_conn()  # type: ignore[assignment]
+        conn.timeout = self.settings.connect_timeout
+        try:
+            conn.connect()
+        except BaseException as exc:
+            conn.close()
+            self.pool.connect_failed(lease)
+            self.pool.note_error()
+            raise _connect_error(origin_pool.origin, self.settings, exc) from exc
+        self.pool.connected(lease, conn)
+        return conn
 
     # -- exchange -------------------------------------------------------------------
     def send(
@@ -312,7 +315,9 @@ class UpstreamClient:
         """Send one request and read the response head; the body is left to stream.
 
         ``target`` goes on the request line byte for byte. ``headers`` are sent as given,
-        and urllib3 adds nothing (no User-Agent or Accept-Encoding of its own).
+        and urllib3 adds nothing (no User-Agent or Accept-Encoding of its own). A request
+        that fails on a reused connection before any response byte is sent once more, on
+        a new connection, when its method is idempotent and its body was kept whole.
         """
         settings = self.settings
         scheme, host, port = origin
@@ -322,10 +327,10 @@ class UpstreamClient:
             if name not in headers:
                 headers[name] = SKIP_HEADER
         chunked = body is not None and body.chunked
-        replay_ok = method in IDEMPOTENT
+        lease, conn = self._checkout(origin_pool)
+        retried = False
         while True:
-            lease, conn = self._checkout(origin_pool)
-            reused = lease.reused
+            sending = True
             try:
                 conn.timeout = settings.write_timeout
                 conn.request(
@@ -338,6 +343,7 @@ class UpstreamClient:
                     decode_content=False,
                     enforce_content_length=True,
                 )
+                sending = False
                 conn.timeout = settings.read_timeout
                 response = conn.getresponse()
             except (ClientBodyError, BodyTooLarge):
@@ -346,15 +352,23 @@ class UpstreamClient:
                 raise
             except _STALE_ERRORS as exc:
                 conn.close()
-                self.pool.discard(lease)
-                if reused and replay_ok and (body is None or body.replayable):
+                if (
+                    lease.reused
+                    and not retried
+                    and method in IDEMPOTENT
+                    and (body is None or body.replayable)
+                ):
+                    retried = True
                     self.pool.note_retry()
-                    log.debug(
+                    log.info(
                         "reused connection to %s was closed by the upstream (%s); "
                         "sending %s %s again on a new connection",
-                        origin_text(origin), type(exc).__name__, method, target,
+                        origin_text(origin), type(exc).__name__, method, target[:200],
                     )
+                    lease = self.pool.renew(lease)
+                    conn = self._connect(origin_pool, lease)
                     continue
+                self.pool.discard(lease)
                 self.pool.note_error()
                 raise UpstreamProtocolError(
                     f"upstream {origin_text(origin)} closed the connection before answering"
@@ -364,10 +378,17 @@ class UpstreamClient:
                 conn.close()
                 self.pool.discard(lease)
                 self.pool.note_error()
-                raise UpstreamTimeout(
-                    f"upstream {origin_text(origin)} sent no response within "
-                    f"{settings.read_timeout:g}s (HTTP_READ_TIMEOUT)"
-                ) from exc
+                if sending:
+                    message = (
+                        f"upstream {origin_text(origin)} took the request body no faster than"
+                        f" {settings.write_timeout:g}s per block (HTTP_WRITE_TIMEOUT)"
+                    )
+                else:
+                    message = (
+                        f"upstream {origin_text(origin)} sent no response within "
+                        f"{settings.read_timeout:g}s (HTTP_READ_TIMEOUT)"
+                    )
+                raise UpstreamTimeout(message) from exc
             except (OSError, http.client.HTTPException, HTTPError, ValueError) as exc:
                 conn.close()
                 self.pool.discard(lease)
@@ -376,7 +397,7 @@ class UpstreamClient:
                     f"upstream {origin_text(origin)} sent an invalid response: "
                     f"{_one_line(exc)}"
                 ) from exc
-            return Exchange(response, conn, lease, origin, reused)
+            return Exchange(response, conn, lease, origin, lease.reused)
 
     def finish(self, exchange: Exchange, complete: bool) -> None:
         """Give the connection back: pooled if the body was read whole and it stays open.

@@ -1,0 +1,200 @@
+"""The pool under real gunicorn (gevent and gthread): limits, queueing, keep-alive races."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Proxy, Reply, request, wait_until
+from tests.upstream import UpstreamServer
+
+WORKERS = ["gevent", "gthread"]
+
+
+def in_threads(n: int, fn: Callable[[int], Reply]) -> list[Reply]:
+    """Run ``fn(i)`` for i in range(n) concurrently; every thread joined with a deadline."""
+    results: list[Reply | BaseException | None] = [None] * n
+
+    def run(i: int) -> None:
+        try:
+            results[i] = fn(i)
+        except BaseException as exc:  # reported below, in the test's thread
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive(), "a client thread hung"
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("worker_class", WORKERS)
+def test_connection_limit_holds_under_concurrency(
+    proxies: Callable[..., Proxy], upstream: UpstreamServer, worker_class: str
+) -> None:
+    """With HTTP_MAX_CONNECTIONS=2, 20 concurrent slow requests never open a third."""
+    proxy = proxies(worker_class, PROXY_UPSTREAM=upstream.url, HTTP_MAX_CONNECTIONS="2",
+                    HTTP_POOL_TIMEOUT="30")
+    replies = in_threads(20, lambda i: request(proxy.port, "GET", f"/slow?delay=0.1&i={i}",
+                                               timeout=30))
+    assert [r.status for r in replies] == [200] * 20
+    assert upstream.max_open_connections <= 2
+    assert upstream.connections_opened <= 2
+    health = proxy.health()["pool"]
+    assert health["active"] == 0 and health["queued"] == 0
+
+
+@pytest.mark.parametrize("worker_class", WORKERS)
+def test_pool_timeout_is_503_with_retry_after(
+    proxies: Callable[..., Proxy], upstream: UpstreamServer, worker_class: str
+) -> None:
+    """A request that cannot get a connection in HTTP_POOL_TIMEOUT gets 503, not a hang."""
+    proxy = proxies(worker_class, PROXY_UPSTREAM=upstream.url, HTTP_MAX_CONNECTIONS="1",
+                    HTTP_POOL_TIMEOUT="0.3")
+    name = f"hold-{worker_class}"
+    holder = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:
+        holder.request("GET", f"/gated?name={name}")
+        resp = holder.getresponse()
+        assert resp.read1(100) == b"first\n"
+        reply = request(proxy.port, "GET", "/echo")
+        assert reply.status == 503
+        assert reply.header("X-Proxy-Error") == "pool-timeout"
+        assert reply.header("Retry-After") == "1"
+        assert b"HTTP_POOL_TIMEOUT" in reply.body and b"1/1" in reply.body
+        upstream.open_gate(name)
+        assert resp.read() == b"rest\n"
+    finally:
+        holder.close()
+    assert proxy.health()["pool"]["counters"]["pool_timeouts"] == 1
+    assert request(proxy.port, "GET", "/echo").status == 200
+
+
+@pytest.mark.parametrize("worker_class", WORKERS)
+def test_queued_requests_reach_upstream_in_arrival_order(
+    proxies: Callable[..., Proxy], upstream: UpstreamServer, worker_class: str
+) -> None:
+    """When the pool is full, the request that waited longest is served first."""
+    proxy = proxies(worker_class, PROXY_UPSTREAM=upstream.url, HTTP_MAX_CONNECTIONS="1",
+                    HTTP_POOL_TIMEOUT="30")
+    name = f"fifo-{worker_class}"
+    holder = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+    holder.request("GET", f"/gated?name={name}")
+    resp = holder.getresponse()
+    assert resp.read1(100) == b"first\n"
+    results: list[Reply | BaseException | None] = [None] * 6
+    threads = []
+    try:
+        for i in range(6):
+            def run(i: int = i) -> None:
+                try:
+                    results[i] = request(proxy.port, "GET", f"/echo?order={i}", timeout=30)
+                except BaseException as exc:
+                    results[i] = exc
+
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            threads.append(thread)
+            wait_until(lambda i=i: proxy.health()["pool"]["queued"] == i + 1, 10,
+                       f"request {i} to queue")
+        upstream.open_gate(name)
+        assert resp.read() == b"rest\n"
+    finally:
+        holder.close()
+        for thread in threads:
+            thread.join(30)
+    assert all(isinstance(r, Reply) and r.status == 200 for r in results), results
+    order = [r.target for r in upstream.requests if r.target.startswith("/echo?order=")]
+    assert order == [f"/echo?order={i}" for i in range(6)]
+
+
+@pytest.mark.parametrize("worker_class", WORKERS)
+def test_upstream_closing_idle_connections_costs_no_502(
+    proxies: Callable[..., Proxy], upstream: UpstreamServer, worker_class: str
+) -> None:
+    """After the upstream closes idle keep-alive connections, the next GET and POST work."""
+    proxy = proxies(worker_class, PROXY_UPSTREAM=upstream.url)
+    assert request(proxy.port, "GET", "/echo").status == 200
+    wait_until(lambda: upstream.close_idle_connections() >= 1 or upstream.open_connections == 0,
+               5, "the upstream to close its idle connection")
+    assert request(proxy.port, "GET", "/echo?after-close").status == 200
+    upstream.close_idle_connections()
+    assert request(proxy.port, "POST", "/echo?post", body=b"payload").status == 200
+    assert upstream.requests[-1].body == b"payload"
+
+
+@pytest.mark.parametrize("worker_class", WORKERS)
+def test_reused_connection_dropped_mid_request_is_retried_for_get_not_post(
+    proxies: Callable[..., Proxy], upstream: UpstreamServer, worker_class: str
+) -> None:
+    """The keep-alive race: a GET is replayed on a new connection, a POST gets 502."""
+    proxy = proxies(worker_class, PROXY_UPSTREAM=upstream.url)
+    assert request(proxy.port, "GET", "/drop-next").status == 200
+    reply = request(proxy.port, "GET", "/echo?replayed")
+    assert reply.status == 200
+    tries = [r for r in upstream.requests if r.target == "/echo?replayed"]
+    assert len(tries) == 2 and tries[0].conn_id != tries[1].conn_id
+    assert proxy.health()["pool"]["counters"]["retries"] == 1
+
+    assert request(proxy.port, "GET", "/drop-next").status == 200
+    reply = request(proxy.port, "POST", "/echo?not-replayed", body=b"once")
+    assert reply.status == 502 and reply.header("X-Proxy-Error") == "upstream-error"
+    assert len([r for r in upstream.requests if r.target == "/echo?not-replayed"]) == 1
+
+
+@pytest.mark.parametrize("worker_class", WORKERS)
+def test_keep_alive_timeout_header_makes_us_close_first(
+    proxies: Callable[..., Proxy], upstream: UpstreamServer, worker_class: str
+) -> None:
+    """An upstream saying Keep-Alive: timeout=1 has its idle connection closed by us."""
+    proxy = proxies(worker_class, PROXY_UPSTREAM=upstream.url)
+    before = upstream.closed_by_peer
+    assert request(proxy.port, "GET", "/keepalive?timeout=1").status == 200
+    wait_until(lambda: upstream.closed_by_peer > before, 5, "the proxy to close the connection")
+    assert proxy.health()["pool"]["idle"] == 0
+
+
+@pytest.mark.parametrize("worker_class", WORKERS)
+def test_fifty_aborted_clients_leave_nothing_active(
+    proxies: Callable[..., Proxy], upstream: UpstreamServer, worker_class: str
+) -> None:
+    """Clients that abort mid-response never leak upstream connections."""
+    proxy = proxies(worker_class, PROXY_UPSTREAM=upstream.url)
+
+    def abort(i: int) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=20)
+        try:
+            conn.request("GET", f"/big?size=5000000&i={i}")
+            resp = conn.getresponse()
+            resp.read(1000)
+            assert conn.sock is not None
+            conn.sock.shutdown(socket.SHUT_RDWR)
+            return Reply(resp.status, [], b"")
+        finally:
+            conn.close()
+
+    assert {r.status for r in in_threads(50, abort)} == {200}
+    wait_until(lambda: proxy.health()["pool"]["active"] == 0, 20, "the pool to drain")
+    assert request(proxy.port, "GET", "/echo").status == 200
+
+
+def test_pool_disabled_opens_a_connection_per_request(
+    proxies: Callable[..., Proxy], upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    """HTTP_POOL_ENABLED=0 (the rollback switch): every request on its own connection."""
+    proxy = proxies("gevent", PROXY_UPSTREAM=upstream.url, HTTP_POOL_ENABLED="0")
+    for _ in range(5):
+        assert request(proxy.port, "GET", "/echo").status == 200
+    assert len({r.conn_id for r in upstream.requests}) == 5
+    wait_until(lambda: upstream.open_connections == 0, 5, "each connection to be closed")
+    assert proxy.health()["pool"]["idle"] == 0

@@ -29,6 +29,7 @@ test: $(STAMP) tools
 lint: $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check ruff==0.17.5 mypy==2.4.1
 	$(BIN)/ruff check wsgiproxy tests gunicorn.conf.py
+	$(BIN)/ruff format --check wsgiproxy tests gunicorn.conf.py
 	$(BIN)/mypy --strict wsgiproxy
 
 clean:

@@ -35,7 +35,8 @@ def clean_env(**overrides: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("PROXY_", "HTTP_", "FLASK_")) and k not in ("http_proxy", "https_proxy")
+        if not k.startswith(("PROXY_", "HTTP_", "FLASK_"))
+        and k.lower() not in ("http_proxy", "https_proxy")
     }
     env["PYTHONUNBUFFERED"] = "1"
     env["NO_PROXY"] = "*"
@@ -220,8 +221,18 @@ def start_flask_run(tmp_path: Path, **env: str) -> Proxy:
     log_path = tmp_path / f"flask-{port}.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
-            [str(BIN / "flask"), "--app", "wsgiproxy.app", "run", "--port", str(port),
-             "--host", "127.0.0.1", "--no-reload", "--no-debugger"],
+            [
+                str(BIN / "flask"),
+                "--app",
+                "wsgiproxy.app",
+                "run",
+                "--port",
+                str(port),
+                "--host",
+                "127.0.0.1",
+                "--no-reload",
+                "--no-debugger",
+            ],
             cwd=ROOT,
             env=clean_env(**env),
             stdout=log_file,

@@ -121,8 +121,13 @@ def test_https_upstream_unknown_ca_is_502_and_verify_off_works(
 def test_bad_setting_stops_gunicorn_with_one_line(tmp_path: Path) -> None:
     """A bad value stops gunicorn before any worker boots: one line, no traceback."""
     proc = subprocess.run(
-        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--no-control-socket",
-         "wsgiproxy.app:app"],
+        [
+            str(BIN / "gunicorn"),
+            "-c",
+            "gunicorn.conf.py",
+            "--no-control-socket",
+            "wsgiproxy.app:app",
+        ],
         cwd=ROOT,
         env=clean_env(HTTP_POOL_TIMEOUT="-1", PROXY_BIND="127.0.0.1:1"),
         capture_output=True,
@@ -131,7 +136,9 @@ def test_bad_setting_stops_gunicorn_with_one_line(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     lines = (proc.stdout + proc.stderr).strip().splitlines()
-    assert lines == ["wsgiproxy: HTTP_POOL_TIMEOUT='-1': must be a number of seconds greater than 0"]
+    assert lines == [
+        "wsgiproxy: HTTP_POOL_TIMEOUT='-1': must be a number of seconds greater than 0"
+    ]
 
 
 def test_bad_setting_stops_flask_run_with_one_line(tmp_path: Path) -> None:

@@ -43,10 +43,12 @@ def test_connection_limit_holds_under_concurrency(
     proxies: Callable[..., Proxy], upstream: UpstreamServer, worker_class: str
 ) -> None:
     """With HTTP_MAX_CONNECTIONS=2, 20 concurrent slow requests never open a third."""
-    proxy = proxies(worker_class, PROXY_UPSTREAM=upstream.url, HTTP_MAX_CONNECTIONS="2",
-                    HTTP_POOL_TIMEOUT="30")
-    replies = in_threads(20, lambda i: request(proxy.port, "GET", f"/slow?delay=0.1&i={i}",
-                                               timeout=30))
+    proxy = proxies(
+        worker_class, PROXY_UPSTREAM=upstream.url, HTTP_MAX_CONNECTIONS="2", HTTP_POOL_TIMEOUT="30"
+    )
+    replies = in_threads(
+        20, lambda i: request(proxy.port, "GET", f"/slow?delay=0.1&i={i}", timeout=30)
+    )
     assert [r.status for r in replies] == [200] * 20
     assert upstream.max_open_connections <= 2
     assert upstream.connections_opened <= 2
@@ -59,8 +61,9 @@ def test_pool_timeout_is_503_with_retry_after(
     proxies: Callable[..., Proxy], upstream: UpstreamServer, worker_class: str
 ) -> None:
     """A request that cannot get a connection in HTTP_POOL_TIMEOUT gets 503, not a hang."""
-    proxy = proxies(worker_class, PROXY_UPSTREAM=upstream.url, HTTP_MAX_CONNECTIONS="1",
-                    HTTP_POOL_TIMEOUT="0.3")
+    proxy = proxies(
+        worker_class, PROXY_UPSTREAM=upstream.url, HTTP_MAX_CONNECTIONS="1", HTTP_POOL_TIMEOUT="0.3"
+    )
     name = f"hold-{worker_class}"
     holder = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
     try:
@@ -85,8 +88,9 @@ def test_queued_requests_reach_upstream_in_arrival_order(
     proxies: Callable[..., Proxy], upstream: UpstreamServer, worker_class: str
 ) -> None:
     """When the pool is full, the request that waited longest is served first."""
-    proxy = proxies(worker_class, PROXY_UPSTREAM=upstream.url, HTTP_MAX_CONNECTIONS="1",
-                    HTTP_POOL_TIMEOUT="30")
+    proxy = proxies(
+        worker_class, PROXY_UPSTREAM=upstream.url, HTTP_MAX_CONNECTIONS="1", HTTP_POOL_TIMEOUT="30"
+    )
     name = f"fifo-{worker_class}"
     holder = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
     holder.request("GET", f"/gated?name={name}")
@@ -96,6 +100,7 @@ def test_queued_requests_reach_upstream_in_arrival_order(
     threads = []
     try:
         for i in range(6):
+
             def run(i: int = i) -> None:
                 try:
                     results[i] = request(proxy.port, "GET", f"/echo?order={i}", timeout=30)
@@ -105,8 +110,9 @@ def test_queued_requests_reach_upstream_in_arrival_order(
             thread = threading.Thread(target=run, daemon=True)
             thread.start()
             threads.append(thread)
-            wait_until(lambda i=i: proxy.health()["pool"]["queued"] == i + 1, 10,
-                       f"request {i} to queue")
+            wait_until(
+                lambda i=i: proxy.health()["pool"]["queued"] == i + 1, 10, f"request {i} to queue"
+            )
         upstream.open_gate(name)
         assert resp.read() == b"rest\n"
     finally:
@@ -125,8 +131,11 @@ def test_upstream_closing_idle_connections_costs_no_502(
     """After the upstream closes idle keep-alive connections, the next GET and POST work."""
     proxy = proxies(worker_class, PROXY_UPSTREAM=upstream.url)
     assert request(proxy.port, "GET", "/echo").status == 200
-    wait_until(lambda: upstream.close_idle_connections() >= 1 or upstream.open_connections == 0,
-               5, "the upstream to close its idle connection")
+    wait_until(
+        lambda: upstream.close_idle_connections() >= 1 or upstream.open_connections == 0,
+        5,
+        "the upstream to close its idle connection",
+    )
     assert request(proxy.port, "GET", "/echo?after-close").status == 200
     upstream.close_idle_connections()
     assert request(proxy.port, "POST", "/echo?post", body=b"payload").status == 200

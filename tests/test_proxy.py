@@ -53,7 +53,9 @@ def proxy(
     up_api: UpstreamServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Proxy]:
-    routes = f"/api={up_api.url}/base,/api/v2={up_api.url}/v2base,/dead=http://127.0.0.1:{_dead_port()}"
+    routes = (
+        f"/api={up_api.url}/base,/api/v2={up_api.url}/v2base,/dead=http://127.0.0.1:{_dead_port()}"
+    )
     proc = start_gunicorn(
         tmp_path_factory.mktemp(request.param),
         request.param,
@@ -79,7 +81,9 @@ def last_request(up: UpstreamServer):  # type: ignore[no-untyped-def]
 def assert_proxy_error(reply: Reply, status: int, kind: str) -> None:
     assert reply.status == status, (reply.status, reply.body)
     assert reply.header("X-Proxy-Error") == kind, reply.headers
-    assert reply.header("Content-Type", ).startswith("text/plain")  # type: ignore[union-attr]
+    assert reply.header(
+        "Content-Type",
+    ).startswith("text/plain")  # type: ignore[union-attr]
     text = reply.body.decode()
     assert text.endswith("\n") and text.count("\n") == 1, text
     assert "Traceback" not in text
@@ -125,8 +129,14 @@ def test_hop_by_hop_request_headers_are_not_forwarded(proxy: Proxy, up: Upstream
     )
     assert reply.status == 200
     names = {name.lower() for name, _ in last_request(up).headers}
-    for hop in ("x-private", "keep-alive", "proxy-authorization", "proxy-connection", "te",
-                "upgrade"):
+    for hop in (
+        "x-private",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "upgrade",
+    ):
         assert hop not in names, hop
     assert "x-kept" in names
     assert last_request(up).header("Connection") in (None, "keep-alive")
@@ -263,8 +273,9 @@ def test_chunked_upload_streams_to_upstream(proxy: Proxy, up: UpstreamServer) ->
         for _ in range(4):
             sock.sendall(b"%x\r\n%s\r\n" % (len(block), block))
         wait_until(
-            lambda: any(r.target.endswith(proxy.kind) and len(r.body) >= 65536
-                        for r in up.requests),
+            lambda: any(
+                r.target.endswith(proxy.kind) and len(r.body) >= 65536 for r in up.requests
+            ),
             10,
             "the first part of the upload to reach the upstream",
         )
@@ -416,9 +427,7 @@ def test_upstream_dying_mid_body_truncates_the_response(proxy: Proxy) -> None:
     assert get(proxy, "/echo").status == 200  # the worker carries on
 
 
-def test_no_upstream_for_path_is_404_saying_what_to_set(
-    tmp_path: Path, up: UpstreamServer
-) -> None:
+def test_no_upstream_for_path_is_404_saying_what_to_set(tmp_path: Path, up: UpstreamServer) -> None:
     """Without PROXY_UPSTREAM an origin-form request gets 404 naming the settings."""
     proxy = start_gunicorn(tmp_path, "gevent")
     try:

@@ -74,13 +74,13 @@ def _configure_logging(settings: Settings) -> None:
     ours.setLevel(level)
     if ours.handlers or logging.getLogger().handlers:
         return
-    handlers = logging.getLogger("gunicorn.error").handlers
+    handlers: list[logging.Handler] = list(logging.getLogger("gunicorn.error").handlers)
     if not handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setFormatter(
             logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
         )
-        handlers = [handler]
+        handlers = [stderr]
     for logger in (ours, logging.getLogger("urllib3")):
         for handler in handlers:
             logger.addHandler(handler)
@@ -107,8 +107,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     def _admin_clients_only() -> Response | None:
         client_addr = request.remote_addr or ""
         if client_addr and not settings.client_allowed(client_addr):
-            return _plain(403, f"client {client_addr} may not use the admin endpoints"
-                          " (PROXY_ALLOW_CLIENTS)", "forbidden")
+            return _plain(
+                403,
+                f"client {client_addr} may not use the admin endpoints (PROXY_ALLOW_CLIENTS)",
+                "forbidden",
+            )
         return None
 
     @app.get(f"{prefix}/health")

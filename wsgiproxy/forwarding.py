@@ -154,7 +154,9 @@ class Forwarder:
             raise BadRequest(f"bad Content-Length {length_text[:40]!r}")
         length = int(length_text)
         if max_body and length > max_body:
-            raise BodyTooLarge(f"request body of {length} bytes is over {max_body} (PROXY_MAX_BODY)")
+            raise BodyTooLarge(
+                f"request body of {length} bytes is over {max_body} (PROXY_MAX_BODY)"
+            )
         return RequestBody(environ["wsgi.input"], length, max_body)
 
     def _request_headers(self, environ: dict[str, Any], host_header: str) -> dict[str, str]:

@@ -117,9 +117,7 @@ class RequestBody:
                 break
             self._read += len(data)
             if self._max_body and self._read > self._max_body:
-                raise BodyTooLarge(
-                    f"request body over {self._max_body} bytes (PROXY_MAX_BODY)"
-                )
+                raise BodyTooLarge(f"request body over {self._max_body} bytes (PROXY_MAX_BODY)")
             if self.length is not None and self._read >= self.length:
                 self._eof = True
             if self._kept is not None:
@@ -233,9 +231,7 @@ class UpstreamClient:
     read whole and the upstream keeps the connection open, closed otherwise.
     """
 
-    def __init__(
-        self, settings: Settings, on_decision: Any | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, on_decision: Any | None = None) -> None:
         self.settings = settings
         self.pool: Pool[HTTPConnection] = Pool(
             Limits(
@@ -263,9 +259,7 @@ class UpstreamClient:
         )
 
     # -- checkout -------------------------------------------------------------------
-    def _checkout(
-        self, origin_pool: OriginPool
-    ) -> tuple[Lease[HTTPConnection], HTTPConnection]:
+    def _checkout(self, origin_pool: OriginPool) -> tuple[Lease[HTTPConnection], HTTPConnection]:
         """A live connection to the origin: reused if an idle one is still open, else new.
 
         Raises PoolExhausted (503), UpstreamConnectError (502) or UpstreamTimeout (504).
@@ -363,7 +357,10 @@ class UpstreamClient:
                     log.info(
                         "reused connection to %s was closed by the upstream (%s); "
                         "sending %s %s again on a new connection",
-                        origin_text(origin), type(exc).__name__, method, target[:200],
+                        origin_text(origin),
+                        type(exc).__name__,
+                        method,
+                        target[:200],
                     )
                     lease = self.pool.renew(lease)
                     conn = self._connect(origin_pool, lease)
@@ -374,7 +371,7 @@ class UpstreamClient:
                     f"upstream {origin_text(origin)} closed the connection before answering"
                     f" ({type(exc).__name__})"
                 ) from exc
-            except (TimeoutError, socket.timeout) as exc:
+            except TimeoutError as exc:
                 conn.close()
                 self.pool.discard(lease)
                 self.pool.note_error()
@@ -394,8 +391,7 @@ class UpstreamClient:
                 self.pool.discard(lease)
                 self.pool.note_error()
                 raise UpstreamProtocolError(
-                    f"upstream {origin_text(origin)} sent an invalid response: "
-                    f"{_one_line(exc)}"
+                    f"upstream {origin_text(origin)} sent an invalid response: {_one_line(exc)}"
                 ) from exc
             return Exchange(response, conn, lease, origin, lease.reused)
 

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 
-.PHONY: run test lint tools clean
+.PHONY: run test lint tools bench bench-quick bench-pool clean
 
 $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,18 @@ run: $(STAMP)
 ## test: install what the suite needs, then run it
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+## bench: the proxy against nginx and the Python alternatives, side by side (bench/README.md)
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+## bench-quick: a short run of the same (a few minutes)
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run.py --quick
+
+## bench-pool: cost of one pool event against queue depth, ours beside httpcore 1.0.9's
+bench-pool: $(STAMP)
+	$(BIN)/python bench/pool_bench.py
 
 ## lint: ruff and mypy --strict over the package
 lint: $(STAMP)

@@ -497,3 +497,53 @@ def test_admin_refused_outside_allowed_clients(tmp_path: Path) -> None:
         assert_proxy_error(get(proxy, "/_proxy/health"), 403, "forbidden")
     finally:
         proxy.stop()
+
+
+def _upload_then(proxy: Proxy, tag: str, head: bytes, first: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    sock.sendall(head % tag.encode() + first)
+    return sock
+
+
+def test_malformed_chunk_mid_body_is_400_and_upstream_connection_closed(
+    proxy: Proxy, up: UpstreamServer
+) -> None:
+    """A bad chunk size mid-upload gets 400; the upstream sees the request cut off."""
+    tag = f"badchunk-{proxy.kind}"
+    block = b"c" * 70000
+    head = b"POST /echo?%s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with _upload_then(proxy, tag, head, b"%x\r\n%s\r\n" % (len(block), block)) as sock:
+        wait_until(
+            lambda: any(r.target.endswith(tag) and r.body for r in up.requests),
+            10,
+            "the upload to start reaching the upstream",
+        )
+        sock.sendall(b"zz\r\nnot a chunk\r\n")
+        data = sock.recv(65536)
+    assert data.startswith(b"HTTP/1.1 400"), data[:200]
+    assert b"X-Proxy-Error: bad-request-body" in data
+    wait_until(
+        lambda: any(r.target.endswith(tag) and r.aborted for r in up.requests),
+        5,
+        "the upstream connection of the broken upload to be closed",
+    )
+
+
+def test_client_stopping_mid_body_closes_upstream_connection_at_once(
+    proxy: Proxy, up: UpstreamServer
+) -> None:
+    """A client that vanishes mid-upload does not hold an upstream connection open."""
+    tag = f"vanish-{proxy.kind}"
+    head = b"PUT /echo?%s HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
+    with _upload_then(proxy, tag, head, b"v" * 200000) as sock:
+        wait_until(
+            lambda: any(r.target.endswith(tag) and r.body for r in up.requests),
+            10,
+            "the upload to start reaching the upstream",
+        )
+    wait_until(
+        lambda: any(r.target.endswith(tag) and r.aborted for r in up.requests),
+        5,  # far below any timeout: the proxy must notice the client is gone
+        "the upstream connection of the abandoned upload to be closed",
+    )
+    wait_until(lambda: proxy.health()["pool"]["active"] == 0, 5, "the pool to drain")

@@ -535,7 +535,7 @@ def test_client_stopping_mid_body_closes_upstream_connection_at_once(
     """A client that vanishes mid-upload does not hold an upstream connection open."""
     tag = f"vanish-{proxy.kind}"
     head = b"PUT /echo?%s HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
-    with _upload_then(proxy, tag, head, b"v" * 200000) as sock:
+    with _upload_then(proxy, tag, head, b"v" * 200000):
         wait_until(
             lambda: any(r.target.endswith(tag) and r.body for r in up.requests),
             10,

@@ -11,9 +11,29 @@ thread. The pool and its threads are built when each worker imports the app, whi
 the gevent worker happens after ``monkey.patch_all()``: never set ``preload_app``.
 """
 
+import glob as _glob
+import os as _os
+import shutil as _shutil
+import tempfile as _tempfile
+
 from wsgiproxy.config import load_settings as _load_settings
 
 _settings = _load_settings()
+
+# -- Metrics across workers ------------------------------------------------------------
+# prometheus_client's multiprocess mode: each worker writes its figures under this
+# directory and /_proxy/metrics sums them. It must be set before any worker imports
+# prometheus_client, so it is set here, in the master, and inherited. Stale files from an
+# earlier run would be summed in: start from an empty directory.
+_metrics_dir = _os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+_own_metrics_dir = not _metrics_dir
+if _own_metrics_dir:
+    _metrics_dir = _tempfile.mkdtemp(prefix="wsgiproxy-metrics-")
+    _os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+else:
+    _os.makedirs(_metrics_dir, exist_ok=True)
+    for _stale in _glob.glob(_os.path.join(_metrics_dir, "*.db")):
+        _os.remove(_stale)
 
 # -- Server socket ---------------------------------------------------------------------
 bind = [_settings.bind]
@@ -44,12 +64,35 @@ forwarded_allow_ips = ""
 loglevel = _settings.log_level
 accesslog = _settings.access_log
 errorlog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
+# Adds, per request: time to the upstream's response head, time spent getting a pooled
+# connection (queueing plus connect), and whether that connection was new or reused.
+access_log_format = (
+    '%(h)s "%(r)s" %(s)s %(b)s %(M)sms upstream=%({wsgiproxy.upstream_ms}e)sms '
+    'pool_wait=%({wsgiproxy.pool_wait_ms}e)sms conn=%({wsgiproxy.conn}e)s "%(a)s"'
+)
+
+
+# -- Hooks -----------------------------------------------------------------------------
+# The pool and the health thread are built when the worker imports wsgiproxy.app (after
+# gevent patched); post_fork runs before patching, so nothing is built there.
 
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
-    """Close the worker's idle upstream connections as it exits."""
+    """Stop the worker's health thread and close its idle upstream connections."""
     app = getattr(worker, "wsgi", None)
     state = getattr(app, "extensions", {}).get("wsgiproxy") if app is not None else None
     if state is not None:
-        state.client.close()
+        state.close()
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """In the master: drop a dead worker's live gauges from the metric sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    """Remove the metrics directory this file made."""
+    if _own_metrics_dir and _metrics_dir:
+        _shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -135,6 +135,22 @@ class Proxy:
         assert reply.status in (200, 503), reply
         return json.loads(reply.body)  # type: ignore[no-any-return]
 
+    def settled(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Health once every request has finished and given its connection back.
+
+        A client can hold its whole response before the server has called the body's
+        close(), so figures read right after a reply may still show it active: wait (a
+        leak shows up as this timing out)."""
+        state: dict[str, Any] = {}
+
+        def idle() -> bool:
+            state.update(self.health())
+            pool, leaks = state["pool"], state["leaks"]
+            return pool["active"] == pool["connecting"] == 0 and leaks["in_flight"] == 0
+
+        wait_until(idle, timeout, f"{self.kind} to finish its requests and release connections")
+        return state
+
     def stop(self) -> None:
         if self.stopper is not None:
             self.stopper()
@@ -301,8 +317,8 @@ def proxies(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
     """Factory: ``proxies("gevent", PROXY_UPSTREAM=...)`` starts gunicorn; all stopped after."""
     started: list[Proxy] = []
 
-    def start(worker_class: str = "gevent", **env: str) -> Proxy:
-        proxy = start_gunicorn(tmp_path, worker_class, **env)
+    def start(worker_class: str = "gevent", workers: int = 1, **env: str) -> Proxy:
+        proxy = start_gunicorn(tmp_path, worker_class, workers, **env)
         started.append(proxy)
         return proxy
 

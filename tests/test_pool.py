@@ -458,6 +458,36 @@ def test_renew_of_a_connecting_lease_changes_nothing() -> None:
     state.check_invariants()
 
 
+def test_held_lists_each_holder_with_when_it_got_its_connection() -> None:
+    """Leak accounting could not name a connection held longer than its request."""
+    state = new_state()
+    first = take(state, A, 1.0)
+    take(state, B, 2.0)
+    state.release(first, 3.0, reusable=True)
+    take(state, A, 4.0)  # the idle one, lent again at 4.0
+    assert state.held() == [(B, 2.0), (A, 4.0)]
+
+
+def test_dead_idle_connections_are_closed_but_not_ones_taken_meanwhile() -> None:
+    """The health thread would close a connection a request had just taken."""
+    pool, _, _, _ = new_pool(Limits(3, 3, 60.0))
+    a, b = hold(pool, A), hold(pool, B)
+    pool.release(a, reusable=True)
+    pool.release(b, reusable=True)
+    dead = {a.conn, b.conn}
+    taken: list[Lease[FakeConn]] = []
+
+    def is_dead(conn: FakeConn) -> bool:
+        if conn is b.conn and not taken:
+            taken.append(pool.acquire(B, timeout=0.0))  # a request takes it meanwhile
+        return conn in dead
+
+    assert pool.close_dead_idle(is_dead) == 1
+    assert a.conn is not None and a.conn.closed
+    assert b.conn is not None and not b.conn.closed and taken[0].conn is b.conn
+    pool.check_invariants()
+
+
 def test_double_release_is_refused() -> None:
     """A lease released twice would put one connection in two requests' hands."""
     state = new_state()

@@ -546,4 +546,4 @@ def test_client_stopping_mid_body_closes_upstream_connection_at_once(
         5,  # far below any timeout: the proxy must notice the client is gone
         "the upstream connection of the abandoned upload to be closed",
     )
-    wait_until(lambda: proxy.health()["pool"]["active"] == 0, 5, "the pool to drain")
+    proxy.settled(5)

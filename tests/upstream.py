@@ -150,6 +150,8 @@ class UpstreamServer:
         idle_timeout: float | None = None,
     ) -> None:
         self.host = "127.0.0.1"
+        #: What `/health` answers; a test sets 500 to make the upstream fail its checks.
+        self.health_status = 200
         self.port = 0
         self._ssl_context = ssl_context
         self._idle_timeout = idle_timeout
@@ -820,6 +822,7 @@ class UpstreamServer:
             "/keepalive": self._route_keepalive,
             "/headers": self._route_headers,
             "/drop-next": self._route_drop_next,
+            "/health": self._route_health,
         }.get(path)
         if route is None:
             return self._simple(ctx, 404, b"not found\n")
@@ -941,6 +944,12 @@ class UpstreamServer:
         ctx.keep_alive = False
         self._simple(ctx, 200, b"closing\n")
         return False
+
+    def _route_health(self, ctx: _Ctx) -> bool:
+        """Answers ``health_status`` (settable by the test): an upstream that fails its
+        health checks and recovers on demand."""
+        status = self.health_status
+        return self._simple(ctx, status, b"healthy\n" if status < 500 else b"failing\n")
 
     def _route_drop_next(self, ctx: _Ctx) -> bool:
         """200 now; the next request on this connection is read, then the connection is

@@ -15,30 +15,22 @@ gunicorn master (which imports only ``wsgiproxy.config``).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
+from .admin import DecisionLog, ProxyState, _plain, admin_blueprint
 from .config import Settings, load_settings
-from .forwarding import Forwarder, StartResponse, plain_response
+from .forwarding import Forwarder, StartResponse
+from .health import HealthMonitor, gevent_warnings
+from .metrics import Metrics
 from .routing import raw_target
 from .upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ProxyState:
-    """What one app holds: hung on ``app.extensions["wsgiproxy"]``."""
-
-    settings: Settings
-    client: UpstreamClient
-    forwarder: Forwarder
 
 
 class Dispatcher:
@@ -88,60 +80,48 @@ def _configure_logging(settings: Settings) -> None:
     logging.getLogger("urllib3").setLevel(max(level, logging.WARNING))
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, start_health: bool = True) -> Flask:
     """Build one proxy app. With no settings, read them from the environment.
 
-    A bad environment raises ``SystemExit(2)`` after printing one line per problem.
+    A bad environment raises ``SystemExit(2)`` after printing one line per problem. The
+    health thread starts here, in the process that will serve (gunicorn imports this in
+    each worker after gevent has patched); ``start_health=False`` leaves it to the caller.
+    Call ``app.extensions["wsgiproxy"].close()`` to stop it and close idle connections.
     """
     if settings is None:
         settings = load_settings()
     _configure_logging(settings)
     app = Flask(__name__)
-    client = UpstreamClient(settings)
-    forwarder = Forwarder(settings, client)
-    state = ProxyState(settings, client, forwarder)
+    decisions = DecisionLog()
+    client = UpstreamClient(settings, on_decision=decisions.record)
+    metrics = Metrics()
+    forwarder = Forwarder(settings, client, metrics)
+    monitor = HealthMonitor(settings, client, metrics)
+    state = ProxyState(
+        settings,
+        client,
+        forwarder,
+        metrics,
+        monitor,
+        decisions,
+        gevent_warnings=gevent_warnings(client.pool.lock),
+    )
+    for warning in state.gevent_warnings:
+        log.warning("gevent self-check: %s", warning)
     app.extensions["wsgiproxy"] = state
-    prefix = settings.admin_prefix
-
-    @app.before_request
-    def _admin_clients_only() -> Response | None:
-        client_addr = request.remote_addr or ""
-        if client_addr and not settings.client_allowed(client_addr):
-            return _plain(
-                403,
-                f"client {client_addr} may not use the admin endpoints (PROXY_ALLOW_CLIENTS)",
-                "forbidden",
-            )
-        return None
-
-    @app.get(f"{prefix}/health")
-    def health() -> Response:
-        """Pool figures of the worker that answered; 200 while it can serve."""
-        return jsonify(
-            status="ok",
-            pid=os.getpid(),
-            pool=client.pool.stats(),
-            pool_enabled=settings.pool_enabled,
-        )
+    app.register_blueprint(admin_blueprint(state))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
         return _plain(code, exc.description or exc.name, "admin-" + str(code))
 
-    app.wsgi_app = Dispatcher(app.wsgi_app, forwarder, prefix)  # type: ignore[method-assign]
+    app.wsgi_app = Dispatcher(  # type: ignore[method-assign]
+        app.wsgi_app, forwarder, settings.admin_prefix
+    )
+    if start_health:
+        monitor.start()
     return app
-
-
-def _plain(status: int, message: str, kind: str) -> Response:
-    captured: dict[str, Any] = {}
-
-    def start_response(status_line: str, headers: list[tuple[str, str]]) -> None:
-        captured["status"] = status_line
-        captured["headers"] = headers
-
-    body = plain_response(start_response, status, message, kind=kind)
-    return Response(body, status=captured["status"], headers=captured["headers"])
 
 
 app = create_app()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
@@ -26,6 +27,7 @@ from .errors import (
     ProxyError,
     UpstreamProtocolError,
 )
+from .metrics import Metrics
 from .routing import Router, raw_target
 from .upstream import Exchange, RequestBody, UpstreamClient, origin_text
 
@@ -95,15 +97,27 @@ def plain_response(
 
 
 class Forwarder:
-    """The WSGI callable that proxies one request; one per app."""
+    """The WSGI callable that proxies one request; one per app.
 
-    def __init__(self, settings: Settings, client: UpstreamClient) -> None:
+    It also keeps the requests in flight (for leak accounting: a connection held longer
+    than any request still running is a leak) and records each request's metrics once,
+    when its response ends. For gunicorn's access log it leaves ``wsgiproxy.upstream_ms``,
+    ``wsgiproxy.pool_wait_ms`` and ``wsgiproxy.conn`` (new/reused) in the environ.
+    """
+
+    def __init__(self, settings: Settings, client: UpstreamClient, metrics: Metrics) -> None:
         self.settings = settings
         self.client = client
+        self.metrics = metrics
         self.router = Router(settings)
         self.via = "wsgiproxy"
+        #: Requests being answered: id(environ) -> start (time.monotonic()).
+        self.in_flight: dict[int, float] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        started = time.monotonic()
+        key = id(environ)
+        self.in_flight[key] = started
         method = environ.get("REQUEST_METHOD", "GET")
         raw = raw_target(environ)
         try:
@@ -113,22 +127,35 @@ class Forwarder:
             body = self._request_body(environ)
             headers = self._request_headers(environ, target.host_header)
             exchange = self.client.send(target.origin, method, target.path, headers, body)
+            self.metrics.pool_wait.observe(exchange.pool_wait)
+            environ["wsgiproxy.pool_wait_ms"] = f"{exchange.pool_wait * 1000:.1f}"
+            environ["wsgiproxy.upstream_ms"] = (
+                f"{(time.monotonic() - started - exchange.pool_wait) * 1000:.1f}"
+            )
+            environ["wsgiproxy.conn"] = "reused" if exchange.reused else "new"
+            try:
+                status, response_headers = self._response_head(exchange)
+            except ProxyError:
+                self.client.finish(exchange, complete=False)
+                raise
         except ProxyError as exc:
-            if exc.status >= 500:
-                log.warning("%s %s -> %d: %s", method, raw[:200], exc.status, exc.message)
-            else:
-                log.info("%s %s -> %d: %s", method, raw[:200], exc.status, exc.message)
+            level = logging.WARNING if exc.status >= 500 else logging.INFO
+            log.log(level, "%s %s -> %d: %s", method, raw[:200], exc.status, exc.message)
+            self.done(key, method, exc.status, started, exc.kind)
             return plain_response(
                 start_response, exc.status, exc.message, kind=exc.kind, headers=exc.headers
             )
-        try:
-            status, response_headers = self._response_head(exchange, environ)
-        except ProxyError as exc:
-            self.client.finish(exchange, complete=False)
-            log.warning("%s %s -> %d: %s", method, raw[:200], exc.status, exc.message)
-            return plain_response(start_response, exc.status, exc.message, kind=exc.kind)
         start_response(status, response_headers)
-        return ResponseBody(exchange, self.client, method, raw)
+        return ResponseBody(self, exchange, method, raw, key, started)
+
+    def done(
+        self, key: int, method: str, status: int, started: float, error: str | None = None
+    ) -> None:
+        """A request is over: it leaves the in-flight table and its metrics are recorded."""
+        self.in_flight.pop(key, None)
+        self.metrics.observe_request(method, status, time.monotonic() - started)
+        if error is not None:
+            self.metrics.upstream_errors.labels(error).inc()
 
     # -- request ----------------------------------------------------------------------
     def _request_body(self, environ: dict[str, Any]) -> RequestBody | None:
@@ -186,9 +213,7 @@ class Forwarder:
         return headers
 
     # -- response ---------------------------------------------------------------------
-    def _response_head(
-        self, exchange: Exchange, environ: dict[str, Any]
-    ) -> tuple[str, list[tuple[str, str]]]:
+    def _response_head(self, exchange: Exchange) -> tuple[str, list[tuple[str, str]]]:
         """Status line and headers for the client: hop-by-hop removed, ``Via`` added.
 
         Raises UpstreamProtocolError (502) for a header a client must not receive.
@@ -232,13 +257,24 @@ class ResponseBody:
     called by the server) gives the upstream connection back, or closes it.
     """
 
-    def __init__(self, exchange: Exchange, client: UpstreamClient, method: str, raw: str) -> None:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        exchange: Exchange,
+        method: str,
+        raw: str,
+        key: int,
+        started: float,
+    ) -> None:
+        self._forwarder = forwarder
         self._exchange = exchange
-        self._client = client
-        self._complete = False
-        self._closed = False
         self._method = method
         self._raw = raw
+        self._key = key
+        self._started = started
+        self._complete = False
+        self._closed = False
+        self._error: str | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -249,16 +285,17 @@ class ResponseBody:
         try:
             data = self._exchange.response.read1(_READ_SIZE, decode_content=False)
         except (HTTPError, OSError, ValueError) as exc:
-            kind = "timed out" if isinstance(exc, ReadTimeoutError) else "broke off"
+            timed_out = isinstance(exc, ReadTimeoutError)
+            self._error = "upstream-timeout" if timed_out else "upstream-aborted"
             log.warning(
                 "%s %s: upstream %s response %s mid-body: %s; aborting the client's response",
                 self._method,
                 self._raw[:200],
                 origin_text(self._exchange.origin),
-                kind,
+                "timed out" if timed_out else "broke off",
                 " ".join(str(exc).split())[:200],
             )
-            self._client.pool.note_error()
+            self._forwarder.client.pool.note_error()
             self.close()
             raise ConnectionResetError(errno.ECONNRESET, "upstream response broke off") from exc
         if not data:
@@ -267,6 +304,11 @@ class ResponseBody:
         return bytes(data)
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._client.finish(self._exchange, complete=self._complete)
+        if self._closed:
+            return
+        self._closed = True
+        forwarder = self._forwarder
+        forwarder.client.finish(self._exchange, complete=self._complete)
+        forwarder.done(
+            self._key, self._method, self._exchange.response.status, self._started, self._error
+        )

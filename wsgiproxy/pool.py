@@ -175,6 +175,7 @@ class _Record(Generic[C]):
     conn: C | None = None
     holder: Lease[C] | None = None  # the one live Lease while connecting or active
     uses: int = 0
+    lent_at: float = 0.0  # while connecting or active: when its current holder got it
     expires_at: float = 0.0  # while idle
     seq: int = -1  # while idle: the key of its live expiry-heap entry
 
@@ -336,7 +337,7 @@ class PoolState(Generic[C]):
         elif head is not None and head.origin == rec.origin:
             self._queue.popitem(last=False)
             self.counters.reused += 1
-            self._serve(head, self._lend(rec, reused=True))
+            self._serve(head, self._lend(rec, now, reused=True))
             tr.wake.append(head)
             tr.decisions.append(Decision("handoff", rec.origin, self.counts()))
         else:
@@ -361,7 +362,7 @@ class PoolState(Generic[C]):
         fresh = _Record[C](rec.origin, max(now, self._now))
         self._move(fresh, "connecting")
         tr.decisions.append(Decision("create", rec.origin, self.counts()))
-        return self._lend(fresh, reused=False), tr
+        return self._lend(fresh, now, reused=False), tr
 
     def close_expired(self, now: float) -> Transition[C]:
         """Close idle connections whose time is up (the pass does it; this just runs it)."""
@@ -375,6 +376,27 @@ class PoolState(Generic[C]):
         victims = self._idle if origin is None else self._idle_by_origin.get(origin)
         for rec in list(victims or ()):
             self._close(rec, "close", tr)
+        self._pass(now, tr)
+        return tr
+
+    def held(self) -> list[tuple[Origin, float]]:
+        """(origin, lent_at) of every connection or slot a request holds now, oldest
+        first: leak accounting compares it with the requests still in flight."""
+        held = [(r.origin, r.lent_at) for r in (*self._connecting, *self._active)]
+        return sorted(held, key=lambda item: item[1])
+
+    def idle_conns(self) -> list[C]:
+        """The idle connections, oldest first (the health thread polls their sockets)."""
+        return [rec.conn for rec in self._idle if rec.conn is not None]
+
+    def close_if_idle(self, conns: list[C], now: float) -> Transition[C]:
+        """Close those of `conns` that are still idle (found dead by the health thread);
+        one that a request took meanwhile is left alone."""
+        tr: Transition[C] = Transition()
+        wanted = {id(conn) for conn in conns}
+        for rec in list(self._idle):
+            if id(rec.conn) in wanted:
+                self._close(rec, "close", tr)
         self._pass(now, tr)
         return tr
 
@@ -427,7 +449,7 @@ class PoolState(Generic[C]):
             rec = next(reversed(same))
             self._move(rec, "active")
             self.counters.reused += 1
-            lease = self._lend(rec, reused=True)
+            lease = self._lend(rec, now, reused=True)
             tr.decisions.append(Decision("reuse", origin, self.counts()))
             return lease
         if self.open >= self.limits.max_connections:
@@ -437,12 +459,13 @@ class PoolState(Generic[C]):
             self._close(next(iter(self._idle)), "evict", tr, for_origin=origin)
         rec = _Record[C](origin, now)
         self._move(rec, "connecting")
-        lease = self._lend(rec, reused=False)
+        lease = self._lend(rec, now, reused=False)
         tr.decisions.append(Decision("create", origin, self.counts()))
         return lease
 
-    def _lend(self, rec: _Record[C], reused: bool) -> Lease[C]:
+    def _lend(self, rec: _Record[C], now: float, reused: bool) -> Lease[C]:
         rec.uses += 1
+        rec.lent_at = max(now, self._now)
         rec.holder = Lease(rec.origin, rec.conn, reused, rec.created_at, rec.uses, rec)
         return rec.holder
 
@@ -675,9 +698,31 @@ class Pool(Generic[C]):
         """Close all idle connections, or those to one failing origin; how many."""
         return len(self._run(lambda now: self._state.close_idle(now, origin)).close)
 
+    def held(self) -> list[tuple[Origin, float]]:
+        """(origin, lent_at on this pool's clock) of every held connection, oldest first."""
+        with self._lock:
+            return self._state.held()
+
+    def close_dead_idle(self, is_dead: Callable[[C], bool]) -> int:
+        """Close idle connections for which `is_dead(conn)` is true; how many.
+
+        `is_dead` runs outside the lock (it may poll a socket); a connection a request
+        took in the meantime is not closed."""
+        with self._lock:
+            idle = self._state.idle_conns()
+        dead = [conn for conn in idle if is_dead(conn)]
+        if not dead:
+            return 0
+        return len(self._run(lambda now: self._state.close_if_idle(dead, now)).close)
+
     def close(self) -> None:
         """Close idle connections, turn queued requests away; acquire then raises."""
         self._run(lambda now: self._state.close())
+
+    @property
+    def lock(self) -> object:
+        """The pool's lock object (the gevent self-check looks at its type)."""
+        return self._lock
 
     def note_retry(self) -> None:
         with self._lock:

@@ -19,6 +19,7 @@ import http.client
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -206,6 +207,8 @@ class Exchange:
     lease: Lease[HTTPConnection]
     origin: Origin
     reused: bool
+    #: Seconds spent getting the connection: queueing in the pool, plus the connect.
+    pool_wait: float
 
 
 def keepalive_timeout(value: str | None) -> float | None:
@@ -249,6 +252,8 @@ class UpstreamClient:
         else:
             tls["cert_reqs"] = "CERT_NONE"
             tls["assert_hostname"] = False
+        #: Failed connects since start (the health thread judges "cannot connect" by it).
+        self.connect_errors = 0
         #: The module-level PoolManager (``wsgiproxy.app.pool_manager``).
         self.manager = ProxyPoolManager(
             self.pool,
@@ -293,6 +298,7 @@ class UpstreamClient:
             conn.close()
             self.pool.connect_failed(lease)
             self.pool.note_error()
+            self.connect_errors += 1
             raise _connect_error(origin_pool.origin, self.settings, exc) from exc
         self.pool.connected(lease, conn)
         return conn
@@ -321,7 +327,9 @@ class UpstreamClient:
             if name not in headers:
                 headers[name] = SKIP_HEADER
         chunked = body is not None and body.chunked
+        started = time.monotonic()
         lease, conn = self._checkout(origin_pool)
+        pool_wait = time.monotonic() - started
         retried = False
         while True:
             sending = True
@@ -393,7 +401,7 @@ class UpstreamClient:
                 raise UpstreamProtocolError(
                     f"upstream {origin_text(origin)} sent an invalid response: {_one_line(exc)}"
                 ) from exc
-            return Exchange(response, conn, lease, origin, lease.reused)
+            return Exchange(response, conn, lease, origin, lease.reused, pool_wait)
 
     def finish(self, exchange: Exchange, complete: bool) -> None:
         """Give the connection back: pooled if the body was read whole and it stays open.
@@ -418,6 +426,34 @@ class UpstreamClient:
                 self.pool.discard(exchange.lease)
                 return
         self.pool.release(exchange.lease, reusable=True, expires_in=expires_in)
+
+    def probe(self, origin: Origin, target: str, host_header: str, timeout: float) -> int:
+        """GET ``target`` on a connection of its own, outside the pool; the status.
+
+        The health thread's probe: it must not wait behind a full pool, nor leave a
+        connection in it. Raises the urllib3/socket error when the upstream fails.
+        """
+        scheme, host, port = origin
+        origin_pool = self.manager.connection_from_host(host, port, scheme)
+        conn: HTTPConnection = origin_pool._new_conn()  # type: ignore[assignment]
+        conn.timeout = timeout
+        try:
+            conn.request(
+                "GET",
+                target,
+                headers={
+                    "Host": host_header,
+                    "User-Agent": "wsgiproxy-health",
+                    "Accept-Encoding": SKIP_HEADER,
+                },
+                preload_content=False,
+                decode_content=False,
+            )
+            response = conn.getresponse()
+            response.read(65536)
+            return response.status
+        finally:
+            conn.close()
 
     def close(self) -> None:
         """Close every idle connection; used when the worker exits."""

@@ -1,0 +1,27 @@
+"""werkzeug's ``ProxyMiddleware`` in front of a Flask app, as werkzeug's docs show it.
+
+Every path is proxied (prefix ``/``); the middleware opens an ``http.client`` connection
+per request and streams the response back.
+
+UPSTREAM: base URL. UPSTREAM_CA: CA file for an https upstream (an ``ssl_context``).
+"""
+
+import os
+import ssl
+
+from flask import Flask
+from werkzeug.middleware.http_proxy import ProxyMiddleware
+
+UPSTREAM = os.environ["UPSTREAM"].rstrip("/") + "/"
+CA = os.environ.get("UPSTREAM_CA")
+
+app = Flask(__name__)
+app.wsgi_app = ProxyMiddleware(
+    app.wsgi_app,
+    {
+        "/": {
+            "target": UPSTREAM,
+            "ssl_context": ssl.create_default_context(cafile=CA) if CA else None,
+        }
+    },
+)

@@ -1,0 +1,257 @@
+"""The per-worker health thread, and the judgement ``/_proxy/health`` reports.
+
+One thread per worker process (a greenlet under gevent, through the patched
+``threading``), started when the app is built in the worker and stopped when the worker
+exits. Every second it brings the metrics up to date; every ``HTTP_HEALTH_INTERVAL`` it
+runs the checks: close idle connections past their expiry (so idle sockets do not linger
+when no request comes), close idle connections the upstream has dropped, and, with
+``HTTP_HEALTH_PATH`` set, probe each upstream. A check that raises is logged and counted;
+the next check runs all the same.
+
+Status: ``ok``; ``degraded`` when a probe failed, or since the last check the pool timed
+out requests or failed to connect; ``unhealthy`` when a probe failed three times in a row,
+or no connection could be opened at all since the last check. A failing probe also closes
+that origin's idle connections, so the next requests start on fresh ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from urllib3.util.wait import wait_for_read
+
+from .config import Settings, UpstreamURL
+from .metrics import Metrics
+from .upstream import UpstreamClient, origin_text
+
+log = logging.getLogger(__name__)
+
+#: Probe failures in a row that make a worker unhealthy.
+UNHEALTHY_AFTER = 3
+#: Seconds between metric refreshes (cheap: one pool snapshot).
+REFRESH_EVERY = 1.0
+
+
+@dataclass
+class Probe:
+    """The latest probe of one upstream at ``HTTP_HEALTH_PATH``."""
+
+    url: str
+    ok: bool | None = None
+    status: int | None = None
+    error: str | None = None
+    checked_at: float | None = None
+    failures_in_a_row: int = 0
+    latency_ms: float | None = None
+
+
+def _dead(conn: Any) -> bool:
+    """An idle connection whose socket polls readable was closed by the upstream."""
+    sock = getattr(conn, "sock", None)
+    return sock is None or wait_for_read(sock, timeout=0.0)
+
+
+class HealthMonitor:
+    """Runs the checks of one worker and keeps their results for the admin endpoint."""
+
+    def __init__(self, settings: Settings, client: UpstreamClient, metrics: Metrics) -> None:
+        self.settings = settings
+        self.client = client
+        self.metrics = metrics
+        self.interval = settings.health_interval
+        self.probes: dict[str, Probe] = {}
+        if settings.health_path:
+            for upstream in settings.upstreams:
+                url = self._probe_url(upstream)
+                self.probes[url] = Probe(url)
+        self.last_check: float | None = None
+        self.last_result = "not run yet"
+        self.checks = 0
+        self.check_errors = 0
+        self.trouble: str | None = None
+        self.unreachable = False
+        self._seen = dict(client.pool.stats()["counters"], connect_errors=0)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the thread ------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the thread (once); called where the worker builds its app."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="wsgiproxy-health", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread and wait for it (the worker is exiting)."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        next_check = time.monotonic() + self.interval
+        while not self._stop.wait(min(REFRESH_EVERY, max(0.0, next_check - time.monotonic()))):
+            self._guarded(self.refresh_metrics)
+            if time.monotonic() >= next_check:
+                self.check_once()
+                next_check = time.monotonic() + self.interval
+
+    def _guarded(self, step: Callable[[], Any]) -> None:
+        try:
+            step()
+        except Exception:
+            # Logged with its traceback and counted; the thread never dies of it.
+            self.check_errors += 1
+            log.exception("health check step %s failed; carrying on", step.__name__)
+
+    # -- the checks ------------------------------------------------------------------
+    def check_once(self) -> None:
+        """One round of checks; each step is guarded so one failure does not stop the rest."""
+        errors_before = self.check_errors
+        for step in (self.close_expired, self.close_dropped, self.probe_all, self.judge):
+            self._guarded(step)
+        self.checks += 1
+        self.last_check = time.time()
+        failed = self.check_errors - errors_before
+        self.last_result = f"{failed} step(s) failed" if failed else self.status()
+
+    def refresh_metrics(self) -> None:
+        self.metrics.refresh(self.client.pool.stats())
+
+    def close_expired(self) -> None:
+        closed = self.client.pool.close_expired()
+        if closed:
+            log.debug("health thread closed %d expired idle connection(s)", closed)
+
+    def close_dropped(self) -> None:
+        closed = self.client.pool.close_dead_idle(_dead)
+        if closed:
+            log.info("health thread closed %d idle connection(s) the upstream dropped", closed)
+
+    def _probe_url(self, upstream: UpstreamURL) -> str:
+        return f"{origin_text(upstream.origin)}{upstream.path}{self.settings.health_path}"
+
+    def probe_all(self) -> None:
+        if not self.settings.health_path:
+            return
+        for upstream in self.settings.upstreams:
+            self._guarded(lambda u=upstream: self._probe(u))  # type: ignore[misc]
+
+    def _probe(self, upstream: UpstreamURL) -> None:
+        """GET the health path on a connection of its own (never a pooled one)."""
+        probe = self.probes[self._probe_url(upstream)]
+        started = time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        try:
+            status = self.client.probe(
+                upstream.origin,
+                f"{upstream.path}{self.settings.health_path}",
+                upstream.host_header,
+                timeout=min(5.0, self.settings.connect_timeout, self.interval),
+            )
+            if status >= 500:
+                error = f"answered {status}"
+        except Exception as exc:
+            error = " ".join(str(exc).split())[:200] or type(exc).__name__
+        probe.checked_at = time.time()
+        probe.latency_ms = round((time.monotonic() - started) * 1000, 1)
+        probe.status = status
+        probe.error = error
+        probe.ok = error is None
+        if probe.ok:
+            probe.failures_in_a_row = 0
+            return
+        probe.failures_in_a_row += 1
+        closed = self.client.pool.close_idle(upstream.origin)
+        log.warning(
+            "health probe of %s failed (%s), %d in a row; closed %d idle connection(s) to it",
+            probe.url,
+            error,
+            probe.failures_in_a_row,
+            closed,
+        )
+
+    def judge(self) -> None:
+        """Compare the pool's counters with the last check: what went wrong since."""
+        counters = dict(
+            self.client.pool.stats()["counters"], connect_errors=self.client.connect_errors
+        )
+        delta = {name: counters[name] - self._seen.get(name, 0) for name in counters}
+        self._seen = counters
+        problems = []
+        if delta["pool_timeouts"]:
+            problems.append(f"{delta['pool_timeouts']} pool timeout(s)")
+        if delta["connect_errors"]:
+            problems.append(f"{delta['connect_errors']} upstream connect error(s)")
+        self.trouble = ", ".join(problems) + " since the last check" if problems else None
+        self.unreachable = bool(delta["connect_errors"]) and not delta["created"]
+
+    def status(self) -> str:
+        """``ok``, ``degraded`` or ``unhealthy`` (see the module docstring)."""
+        probes = self.probes.values()
+        if self.unreachable or any(p.failures_in_a_row >= UNHEALTHY_AFTER for p in probes):
+            return "unhealthy"
+        if self.trouble or any(p.failures_in_a_row for p in probes):
+            return "degraded"
+        return "ok"
+
+    def report(self) -> dict[str, Any]:
+        """The thread's part of ``/_proxy/health``."""
+        return {
+            "running": self.running,
+            "interval": self.interval,
+            "checks": self.checks,
+            "check_errors": self.check_errors,
+            "last_check": self.last_check,
+            "last_result": self.last_result,
+            "trouble": self.trouble,
+            "threads": sum(t.name == "wsgiproxy-health" for t in threading.enumerate()),
+        }
+
+    def probe_report(self) -> list[dict[str, Any]]:
+        """Each upstream probe's latest result."""
+        return [asdict(p) for p in self.probes.values()]
+
+
+def gevent_warnings(pool_lock: object) -> list[str]:
+    """Under gevent, what was set up in the wrong order, each with how to fix it.
+
+    urllib3 or ssl imported before ``monkey.patch_all()`` keep blocking sockets and
+    locks, and a pool lock that is not gevent's blocks the whole worker.
+    """
+    if "gevent" not in sys.modules:
+        return []
+    from gevent import monkey  # type: ignore[import-untyped]
+
+    if not monkey.is_module_patched("socket"):
+        return []
+    warnings = []
+    import ssl
+
+    import urllib3.util.ssl_ as urllib3_ssl
+
+    if urllib3_ssl.SSLContext is not ssl.SSLContext:
+        warnings.append(
+            "urllib3 was imported before gevent patched ssl: its TLS blocks the worker; "
+            "do not import urllib3 (or wsgiproxy.app) in gunicorn.conf.py, and never preload_app"
+        )
+    if not monkey.is_module_patched("threading"):
+        warnings.append("threading is not patched by gevent: run the gevent worker class")
+    if not type(pool_lock).__module__.startswith("gevent"):
+        warnings.append(
+            f"the pool's lock is {type(pool_lock).__module__}.{type(pool_lock).__name__}, not "
+            "gevent's: the pool was built before patching (post_fork or the master?); build "
+            "it when the app loads in the worker"
+        )
+    return warnings

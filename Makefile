@@ -39,7 +39,7 @@ bench-pool: $(STAMP)
 
 ## lint: ruff and mypy --strict over the package
 lint: $(STAMP)
-	$(BIN)/python -m pip install -q --disable-pip-version-check ruff==0.17.5 mypy==2.4.1
+	$(BIN)/python -m pip install -q --disable-pip-version-check ruff==0.17.5 mypy==2.4.1 types-requests
 	$(BIN)/ruff check wsgiproxy tests gunicorn.conf.py
 	$(BIN)/ruff format --check wsgiproxy tests gunicorn.conf.py
 	$(BIN)/mypy --strict wsgiproxy

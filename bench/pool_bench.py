@@ -1,15 +1,12 @@
 """Cost of one pool event against queue depth: our pool beside httpcore 1.0.9's.
 
-M = 100 connections to one origin, all active, and N requests queued. The event is one more
-request arriving (nothing can be served), or one connection being released (the head of the
-queue gets it). Implementations, all driven with the same fake connections (no sockets):
-`wsgiproxy.pool.PoolState` and `Pool` (its locked wrapper), httpcore 1.0.9's
-`ConnectionPool._assign_requests_to_connections`, and the single-pass rewrite that
-pydantic/httpx2 PR #974 describes, run on the same httpcore pool object.
-
-`make bench-pool` runs it. It creates bench/.venv-httpcore (httpcore 1.0.9) if missing and
-re-runs itself there, prints one markdown table, writes it to bench/results/, and exits 1
-when a goal line says FAIL.
+M = 100 connections to one origin, all active, N requests queued; the event is one more
+request arriving, or one connection released (the head of the queue gets it). Compared, on
+the same fake connections: `wsgiproxy.pool.PoolState` and `Pool`, httpcore 1.0.9's
+`ConnectionPool._assign_requests_to_connections`, and PR #974's single-pass rewrite of it.
+`make bench-pool` runs it in bench/.venv-httpcore (made if missing), prints one markdown
+table, writes it to bench/results/, and exits 1 when a goal line says FAIL. See
+bench/README_pool.md.
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ import argparse
 import contextlib
 import datetime
 import gc
-import itertools
 import os
 import platform
 import statistics
@@ -39,15 +35,11 @@ HTTPCORE = "1.0.9"
 M = 100
 DEPTHS = (10, 100, 1_000, 10_000)
 SCENARIOS = ARRIVAL, RELEASE = "all busy, arrival", "one free, release"
-IMPLS = OURS, LOCKED, PR974, HTTPCORE_POOL = (
-    "ours",
-    "ours via Pool",
-    "PR #974 rewrite",
-    "httpcore 1.0.9",
-)
+IMPLS = ("ours", "ours via Pool", "PR #974 rewrite", "httpcore 1.0.9")
+OURS, LOCKED, PR974, HTTPCORE_POOL = IMPLS
 ORIGIN = ("http", "example.com", 80)
 URL = "http://example.com/"
-ROUNDS = 5
+ROUNDS = 10
 NOW = 1.0  # our pool takes the time as an argument: a fixed one, so nothing expires
 
 
@@ -56,14 +48,14 @@ def reexec_in_bench_venv() -> None:
     1.0.9 first if needed: httpcore never goes into the project's own venv."""
     if Path(sys.prefix).resolve() == VENV.resolve():
         return
-    python = VENV / "bin" / "python"
-    if not python.exists():
+    python = str(VENV / "bin" / "python")
+    if not os.path.exists(python):
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     probe = f"import importlib.metadata as m; assert m.version('httpcore') == '{HTTPCORE}'"
     if subprocess.run([python, "-c", probe], capture_output=True).returncode:
         pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
         subprocess.run([*pip, f"httpcore=={HTTPCORE}"], check=True)
-    os.execv(python, [str(python), __file__, *sys.argv[1:]])
+    os.execv(python, [python, __file__, *sys.argv[1:]])
 
 
 class FakeConn:
@@ -300,13 +292,13 @@ def check(notes: list[str]) -> None:
 
 
 def sample(case: Case, budget_s: float, min_reps: int, into: list[int]) -> None:
-    """Time single events until the budget is spent (at least min_reps), restoring the
-    situation after each one, with the garbage collector off."""
+    """Time single events until the budget is spent (at least min_reps, at most 20,000),
+    restoring the situation after each one, with the garbage collector off."""
     gc.collect()
     gc.disable()
     try:
         deadline = time.perf_counter_ns() + int(budget_s * 1e9)
-        for rep in itertools.count():
+        for rep in range(20_000):
             if rep >= min_reps and time.perf_counter_ns() >= deadline:
                 break
             start = time.perf_counter_ns()

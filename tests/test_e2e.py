@@ -91,8 +91,16 @@ def test_https_upstream_verified_with_ca_bundle(
         tmp_path, worker_class, PROXY_UPSTREAM=server.url, HTTP_CA_BUNDLE=str(ca_file)
     )
     try:
-        for _ in range(5):
-            assert request(proxy.port, "GET", "/echo").status == 200
+        # One client connection: each response is closed (and its upstream connection
+        # released) before the next request is read, so reuse is deterministic.
+        client = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        try:
+            for _ in range(5):
+                client.request("GET", "/echo")
+                response = client.getresponse()
+                assert response.status == 200 and response.read()
+        finally:
+            client.close()
         assert server.connections_opened == 1
     finally:
         proxy.stop()

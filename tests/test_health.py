@@ -154,6 +154,7 @@ def test_debug_shows_recent_pool_decisions(
     proxy = proxies("gevent", PROXY_UPSTREAM=upstream.url)
     for _ in range(3):
         assert request(proxy.port, "GET", "/echo").status == 200
+        proxy.settled()  # released before the next request arrives
     decisions = json.loads(request(proxy.port, "GET", "/_proxy/debug").body)["decisions"]
     assert [d["decision"] for d in decisions][:3] == ["create", "reuse", "reuse"]
     assert all(d["origin"] == upstream.url and d["time"] > 0 for d in decisions)
@@ -166,6 +167,7 @@ def test_access_log_shows_upstream_time_pool_wait_and_reuse(
     log_file = tmp_path / "access.log"
     proxy = proxies("gevent", PROXY_UPSTREAM=upstream.url, PROXY_ACCESS_LOG=str(log_file))
     request(proxy.port, "GET", "/echo?first")
+    proxy.settled()
     request(proxy.port, "GET", "/echo?second")
     wait_until(lambda: "second" in log_file.read_text(), 5, "the access log lines")
     lines = [line for line in log_file.read_text().splitlines() if "/echo?" in line]

@@ -148,6 +148,7 @@ def test_reused_connection_dropped_mid_request_is_retried_for_get_not_post(
     """The keep-alive race: a GET is replayed on a new connection, a POST gets 502."""
     proxy = proxies(worker_class, PROXY_UPSTREAM=upstream.url)
     assert request(proxy.port, "GET", "/drop-next").status == 200
+    proxy.settled()  # the marked connection is idle in the pool, ready to be reused
     reply = request(proxy.port, "GET", "/echo?replayed")
     assert reply.status == 200
     tries = [r for r in upstream.requests if r.target == "/echo?replayed"]
@@ -155,6 +156,7 @@ def test_reused_connection_dropped_mid_request_is_retried_for_get_not_post(
     assert proxy.health()["pool"]["counters"]["retries"] == 1
 
     assert request(proxy.port, "GET", "/drop-next").status == 200
+    proxy.settled()
     reply = request(proxy.port, "POST", "/echo?not-replayed", body=b"once")
     assert reply.status == 502 and reply.header("X-Proxy-Error") == "upstream-error"
     assert len([r for r in upstream.requests if r.target == "/echo?not-replayed"]) == 1

@@ -36,10 +36,9 @@ def clean_env(**overrides: str) -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("PROXY_", "HTTP_", "FLASK_"))
-        and k.lower() not in ("http_proxy", "https_proxy")
+        and k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
     }
     env["PYTHONUNBUFFERED"] = "1"
-    env["NO_PROXY"] = "*"
     env.update(overrides)
     return env
 

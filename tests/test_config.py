@@ -191,6 +191,20 @@ def test_readable_files_are_accepted(tmp_path: Path) -> None:
     assert (s.auth_file, s.ca_bundle) == (str(auth), str(ca))
 
 
+def test_htpasswd_without_bcrypt_entries_is_refused(tmp_path: Path) -> None:
+    """A plain-text or MD5 htpasswd would start, then refuse every proxy user."""
+    auth = tmp_path / "htpasswd"
+    auth.write_text("# users\nalice:$apr1$x$y\n")
+    assert problems(PROXY_AUTH_FILE=str(auth)) == [
+        f"PROXY_AUTH_FILE={str(auth)!r}: line 2 must be user:bcrypt-hash, as `htpasswd -B` "
+        "writes it"
+    ]
+    auth.write_text("# nobody yet\n")
+    assert problems(PROXY_AUTH_FILE=str(auth)) == [
+        f"PROXY_AUTH_FILE={str(auth)!r}: must list at least one user:bcrypt-hash line"
+    ]
+
+
 def test_keepalive_is_capped_at_max_connections() -> None:
     """Lowering HTTP_MAX_CONNECTIONS below the idle limit would stop start-up."""
     s = settings(HTTP_MAX_CONNECTIONS="5", HTTP_MAX_KEEPALIVE_CONNECTIONS="20")

@@ -52,6 +52,7 @@ def test_curl_reverse_forward_and_chunked_upload(
         out = curl("-x", proxy.url, f"http://127.0.0.1:{upstream.port}/echo?via=forward")
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["target"] == "/echo?via=forward"
+        assert upstream.requests[-1].header("Via") == "1.1 wsgiproxy"  # it went through us
 
         payload = tmp_path / "payload.bin"
         payload.write_bytes(bytes(range(256)) * 4096)

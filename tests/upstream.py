@@ -152,6 +152,9 @@ class UpstreamServer:
         self.host = "127.0.0.1"
         #: What `/health` answers; a test sets 500 to make the upstream fail its checks.
         self.health_status = 200
+        #: `/raw/<name>` sends these bytes verbatim, then closes (resets if the name ends
+        #: in "-reset"): malformed responses on demand.
+        self.raw_responses: dict[str, bytes] = {}
         self.port = 0
         self._ssl_context = ssl_context
         self._idle_timeout = idle_timeout
@@ -804,6 +807,8 @@ class UpstreamServer:
             return self._route_echo(ctx)
         if path.startswith("/status/"):
             return self._route_status(ctx, path[len("/status/") :])
+        if path.startswith("/raw/"):
+            return self._route_raw(ctx, path[len("/raw/") :])
         route = {
             "/echo": self._route_echo,
             "/slow": self._route_slow,
@@ -943,6 +948,11 @@ class UpstreamServer:
     def _route_close(self, ctx: _Ctx) -> bool:
         ctx.keep_alive = False
         self._simple(ctx, 200, b"closing\n")
+        return False
+
+    def _route_raw(self, ctx: _Ctx, name: str) -> bool:
+        self._send(ctx.conn, self.raw_responses[name])
+        ctx.conn.reset = name.endswith("-reset")
         return False
 
     def _route_health(self, ctx: _Ctx) -> bool:

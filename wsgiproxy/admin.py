@@ -149,6 +149,7 @@ def admin_blueprint(state: ProxyState) -> Blueprint:
             pool_enabled=settings.pool_enabled,
             pool=state.client.pool.stats(),
             leaks=state.leaks(),
+            tunnels=state.forwarder.tunnels.stats(),
             health_thread=monitor.report(),
             probes=monitor.probe_report(),
             gevent_warnings=state.gevent_warnings,
@@ -164,7 +165,7 @@ def admin_blueprint(state: ProxyState) -> Blueprint:
     @admin.get("/metrics")
     def metrics() -> Response:
         """Prometheus text exposition, summed over all workers."""
-        state.metrics.refresh(state.client.pool.stats())
+        state.metrics.refresh(state.client.pool.stats(), state.forwarder.tunnels.stats())
         return Response(
             state.metrics.exposition(), mimetype=None, content_type=state.metrics.content_type
         )

@@ -23,6 +23,7 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from .admin import DecisionLog, ProxyState, _plain, admin_blueprint
+from .auth import ProxyAuth
 from .config import Settings, load_settings
 from .forwarding import Forwarder, StartResponse
 from .health import HealthMonitor, gevent_warnings
@@ -95,8 +96,9 @@ def create_app(settings: Settings | None = None, *, start_health: bool = True) -
     decisions = DecisionLog()
     client = UpstreamClient(settings, on_decision=decisions.record)
     metrics = Metrics()
-    forwarder = Forwarder(settings, client, metrics)
-    monitor = HealthMonitor(settings, client, metrics)
+    auth = ProxyAuth.from_file(settings.auth_file) if settings.auth_file else None
+    forwarder = Forwarder(settings, client, metrics, auth)
+    monitor = HealthMonitor(settings, client, metrics, forwarder.tunnels.stats)
     state = ProxyState(
         settings,
         client,

@@ -445,6 +445,29 @@ def _readable_file(text: str) -> str:
     return text
 
 
+def _htpasswd_file(text: str) -> str:
+    """An htpasswd file of bcrypt entries (``htpasswd -B``); checked here, in the master,
+    so a bad file stops start-up instead of every worker."""
+    _readable_file(text)
+    try:
+        with open(text, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"must be a readable htpasswd file ({exc})") from None
+    users = 0
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, hashed = line.partition(":")
+        if not sep or not user or not hashed.startswith(("$2y$", "$2b$", "$2a$")):
+            raise ValueError(f"line {number} must be user:bcrypt-hash, as `htpasswd -B` writes it")
+        users += 1
+    if not users:
+        raise ValueError("must list at least one user:bcrypt-hash line")
+    return text
+
+
 def _bind(text: str) -> str:
     """Validate a gunicorn bind address and return it unchanged."""
     ok = False
@@ -559,7 +582,7 @@ class Settings:
             admin_prefix=env.get("PROXY_ADMIN_PREFIX", _admin_prefix, "/_proxy"),
             connect_ports=env.get("PROXY_CONNECT_PORTS", _ports, frozenset({443})),
             allow_private=env.get("PROXY_ALLOW_PRIVATE", _flag, False),
-            auth_file=env.optional("PROXY_AUTH_FILE", _readable_file),
+            auth_file=env.optional("PROXY_AUTH_FILE", _htpasswd_file),
             log_level=env.get("PROXY_LOG_LEVEL", _choice(_LOG_LEVELS), "info"),
             access_log=access_log,
             max_connections=max_connections,

@@ -19,6 +19,7 @@ from typing import Any
 
 from urllib3.exceptions import HTTPError, ReadTimeoutError
 
+from .auth import ProxyAuth
 from .config import Settings
 from .errors import (
     BadRequest,
@@ -29,6 +30,7 @@ from .errors import (
 )
 from .metrics import Metrics
 from .routing import Router, raw_target
+from .tunnel import Tunnels
 from .upstream import Exchange, RequestBody, UpstreamClient, origin_text
 
 log = logging.getLogger(__name__)
@@ -84,15 +86,24 @@ def plain_response(
     """A one-line ``text/plain`` response naming what failed, tagged ``X-Proxy-Error``."""
     body = (" ".join(message.split()) + "\n").encode("utf-8", "replace")
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+    extra = list(headers)
     start_response(
         f"{status} {phrase}",
         [
             ("Content-Type", "text/plain; charset=utf-8"),
             ("Content-Length", str(len(body))),
             ("X-Proxy-Error", kind),
-            *headers,
+            *extra,
         ],
     )
+    # gunicorn silently drops hop-by-hop headers from WSGI responses, Proxy-Authenticate
+    # among them, yet a 407 is useless without it: put it on gunicorn's response directly.
+    server_response = getattr(start_response, "__self__", None)
+    server_headers = getattr(server_response, "headers", None)
+    if isinstance(server_headers, list):
+        for name, value in extra:
+            if name.lower() == "proxy-authenticate" and (name, value) not in server_headers:
+                server_headers.append((name, value))
     return [body]
 
 
@@ -105,11 +116,18 @@ class Forwarder:
     ``wsgiproxy.pool_wait_ms`` and ``wsgiproxy.conn`` (new/reused) in the environ.
     """
 
-    def __init__(self, settings: Settings, client: UpstreamClient, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: UpstreamClient,
+        metrics: Metrics,
+        auth: ProxyAuth | None = None,
+    ) -> None:
         self.settings = settings
         self.client = client
         self.metrics = metrics
-        self.router = Router(settings)
+        self.router = Router(settings, auth)
+        self.tunnels = Tunnels(settings, self.router)
         self.via = "wsgiproxy"
         #: Requests being answered: id(environ) -> start (time.monotonic()).
         self.in_flight: dict[int, float] = {}
@@ -122,11 +140,23 @@ class Forwarder:
         raw = raw_target(environ)
         try:
             if method == "CONNECT":
-                raise NotSupported("CONNECT tunnels are not supported by this proxy yet")
+                upstream = self.tunnels.open(environ, raw)
+                try:
+                    return self.tunnels.relay(environ, start_response, upstream)
+                finally:
+                    self.done(key, method, 200, started)
             target = self.router.resolve(environ, raw)
             body = self._request_body(environ)
             headers = self._request_headers(environ, target.host_header)
-            exchange = self.client.send(target.origin, method, target.path, headers, body)
+            exchange = self.client.send(
+                target.origin,
+                method,
+                target.path,
+                headers,
+                body,
+                address=target.address,
+                peer_allowed=target.peer_allowed,
+            )
             self.metrics.pool_wait.observe(exchange.pool_wait)
             environ["wsgiproxy.pool_wait_ms"] = f"{exchange.pool_wait * 1000:.1f}"
             environ["wsgiproxy.upstream_ms"] = (
@@ -174,7 +204,9 @@ class Forwarder:
                 )
             if length_text:
                 raise BadRequest("request has both Content-Length and Transfer-Encoding")
-            return RequestBody(environ["wsgi.input"], None, max_body)
+            body = RequestBody(environ["wsgi.input"], None, max_body)
+            body.prime()
+            return body
         if not length_text:
             return None
         if not length_text.isdigit():
@@ -184,7 +216,9 @@ class Forwarder:
             raise BodyTooLarge(
                 f"request body of {length} bytes is over {max_body} (PROXY_MAX_BODY)"
             )
-        return RequestBody(environ["wsgi.input"], length, max_body)
+        body = RequestBody(environ["wsgi.input"], length, max_body)
+        body.prime()
+        return body
 
     def _request_headers(self, environ: dict[str, Any], host_header: str) -> dict[str, str]:
         """Headers for the upstream: the client's, less hop-by-hop, plus this hop's own."""
@@ -219,6 +253,15 @@ class Forwarder:
         Raises UpstreamProtocolError (502) for a header a client must not receive.
         """
         response = exchange.response
+        where = origin_text(exchange.origin)
+        if "transfer-encoding" in response.headers and "content-length" in response.headers:
+            # Which framing did the client's side see? Ambiguous, so refused (as nginx).
+            raise UpstreamProtocolError(
+                f"upstream {where} sent both Content-Length and Transfer-Encoding"
+            )
+        lengths = set(response.headers.getlist("content-length"))
+        if len(lengths) > 1 or (len(lengths) == 1 and "," in next(iter(lengths))):
+            raise UpstreamProtocolError(f"upstream {where} sent conflicting Content-Lengths")
         dropped = _connection_tokens(response.headers.get("connection"))
         headers: list[tuple[str, str]] = []
         via: str | None = None

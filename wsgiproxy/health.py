@@ -60,7 +60,14 @@ def _dead(conn: Any) -> bool:
 class HealthMonitor:
     """Runs the checks of one worker and keeps their results for the admin endpoint."""
 
-    def __init__(self, settings: Settings, client: UpstreamClient, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: UpstreamClient,
+        metrics: Metrics,
+        tunnel_stats: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
+        self.tunnel_stats = tunnel_stats or dict
         self.settings = settings
         self.client = client
         self.metrics = metrics
@@ -126,7 +133,7 @@ class HealthMonitor:
         self.last_result = f"{failed} step(s) failed" if failed else self.status()
 
     def refresh_metrics(self) -> None:
-        self.metrics.refresh(self.client.pool.stats())
+        self.metrics.refresh(self.client.pool.stats(), self.tunnel_stats())
 
     def close_expired(self) -> None:
         closed = self.client.pool.close_expired()

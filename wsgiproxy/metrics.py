@@ -104,7 +104,20 @@ class Metrics:
             ["event"],
             registry=reg,
         )
+        self.tunnels = Gauge(
+            "wsgiproxy_tunnels_active",
+            "CONNECT tunnels open now, summed over workers.",
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+        self.tunnel_bytes = Counter(
+            "wsgiproxy_tunnel_bytes",
+            "Bytes relayed through CONNECT tunnels (up: client to destination).",
+            ["direction"],
+            registry=reg,
+        )
         self._seen: dict[str, int] = dict.fromkeys(_POOL_COUNTERS, 0)
+        self._seen_tunnel = {"bytes_up": 0, "bytes_down": 0}
 
     def observe_request(self, method: str, status: int, seconds: float) -> None:
         """One finished request (called once per request, when its response closes)."""
@@ -112,8 +125,15 @@ class Metrics:
         self.requests.labels(method if method in _METHODS else "other", label).inc()
         self.duration.labels(label).observe(seconds)
 
-    def refresh(self, stats: dict[str, Any]) -> None:
-        """Bring the pool gauges and counters up to a ``Pool.stats()`` snapshot."""
+    def refresh(self, stats: dict[str, Any], tunnels: dict[str, int] | None = None) -> None:
+        """Bring the pool (and tunnel) gauges and counters up to a snapshot."""
+        if tunnels:
+            self.tunnels.set(tunnels.get("active", 0))
+            for key, direction in (("bytes_up", "up"), ("bytes_down", "down")):
+                delta = tunnels.get(key, 0) - self._seen_tunnel[key]
+                if delta > 0:
+                    self.tunnel_bytes.labels(direction).inc(delta)
+                    self._seen_tunnel[key] += delta
         for state in _POOL_STATES:
             self.connections.labels(state).set(stats[state])
         self.queued.set(stats["queued"])

@@ -20,12 +20,12 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, PoolManager
-from urllib3.connection import HTTPConnection
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -98,35 +98,98 @@ class RequestBody:
         """True while everything read so far is kept (at most ``REPLAY_LIMIT`` bytes)."""
         return self._kept is not None
 
+    def prime(self) -> None:
+        """Read the first block before any upstream contact.
+
+        A body that is broken or too large from its first bytes (a bad first chunk, a
+        short small body) is then refused with nothing sent upstream, not even the head;
+        a small body arrives whole and is sent in one go. Raises ClientBodyError (400) or
+        BodyTooLarge (413).
+        """
+        if not self._read and not self._eof:
+            self._read_block()
+
     def __iter__(self) -> Iterator[bytes]:
         if self._kept:
             yield from list(self._kept)
         while not self._eof:
-            want = BLOCK if self.length is None else min(BLOCK, self.length - self._read)
-            try:
-                data = self._stream.read(want)
-            except Exception as exc:  # gunicorn raises its own parse errors here
+            data = self._read_block()
+            if data:
+                yield data
+
+    def _read_block(self) -> bytes:
+        """The next block from the client (b"" at the end), counted, checked and kept."""
+        want = BLOCK if self.length is None else min(BLOCK, self.length - self._read)
+        try:
+            data: bytes = self._stream.read(want)
+        except Exception as exc:  # gunicorn raises its own parse errors here
+            raise ClientBodyError(
+                f"request body broke off after {self._read} bytes: {exc or type(exc).__name__}"
+            ) from exc
+        if not data:
+            if self.length is not None:
                 raise ClientBodyError(
-                    f"request body broke off after {self._read} bytes: {exc or type(exc).__name__}"
-                ) from exc
-            if not data:
-                if self.length is not None:
-                    raise ClientBodyError(
-                        f"client sent {self._read} of {self.length} body bytes, then stopped"
-                    )
-                self._eof = True
-                break
-            self._read += len(data)
-            if self._max_body and self._read > self._max_body:
-                raise BodyTooLarge(f"request body over {self._max_body} bytes (PROXY_MAX_BODY)")
-            if self.length is not None and self._read >= self.length:
-                self._eof = True
-            if self._kept is not None:
-                if self._read <= REPLAY_LIMIT:
-                    self._kept.append(data)
-                else:
-                    self._kept = None
-            yield data
+                    f"client sent {self._read} of {self.length} body bytes, then stopped"
+                )
+            self._eof = True
+            return b""
+        self._read += len(data)
+        if self._max_body and self._read > self._max_body:
+            raise BodyTooLarge(f"request body over {self._max_body} bytes (PROXY_MAX_BODY)")
+        if self.length is not None and self._read >= self.length:
+            self._eof = True
+        if self._kept is not None:
+            if self._read <= REPLAY_LIMIT:
+                self._kept.append(data)
+            else:
+                self._kept = None
+        return data
+
+
+class _CheckedLines:
+    """Wraps a response's file while http.client reads the status line and headers.
+
+    Python's header parser treats a bare CR as a line break, so ``X-A: 1\rSet-Cookie: x``
+    would reach the client as two headers: response splitting by the upstream. Refuse
+    such lines (and NUL) before they are parsed; the body is read from the raw file.
+    """
+
+    def __init__(self, fp: Any) -> None:
+        self._fp = fp
+
+    def readline(self, limit: int = -1) -> bytes:
+        line: bytes = self._fp.readline(limit)
+        if b"\x00" in line or b"\r" in line.rstrip(b"\r\n") or line.endswith(b"\r\r\n"):
+            raise http.client.HTTPException("a response header line holds a bare CR or a NUL")
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fp, name)
+
+
+class CheckedHTTPResponse(http.client.HTTPResponse):
+    """http.client's response, with the head's lines checked as they are read."""
+
+    def begin(self) -> None:
+        raw = self.fp
+        self.fp = _CheckedLines(raw)  # type: ignore[assignment]
+        try:
+            super().begin()
+        finally:
+            if self.fp is not None:
+                self.fp = raw
+
+
+class ProxyHTTPConnection(HTTPConnection):
+    """urllib3's connection, parsing responses with ``CheckedHTTPResponse``."""
+
+    response_class = CheckedHTTPResponse
+
+
+class ProxyHTTPSConnection(HTTPSConnection):
+    """urllib3's TLS connection, parsing responses with ``CheckedHTTPResponse``."""
+
+    response_class = CheckedHTTPResponse
 
 
 class OriginPool(HTTPConnectionPool):
@@ -138,6 +201,7 @@ class OriginPool(HTTPConnectionPool):
     urllib3's own ``urlopen`` keeps working through the same seams.
     """
 
+    ConnectionCls = ProxyHTTPConnection
     shared: Pool[HTTPConnection]
     reuse: bool
     origin: Origin
@@ -172,6 +236,8 @@ class OriginPool(HTTPConnectionPool):
 
 class OriginHTTPSPool(OriginPool, HTTPSConnectionPool):
     """``OriginPool`` for https origins (urllib3 builds the TLS connections)."""
+
+    ConnectionCls = ProxyHTTPSConnection  # type: ignore[assignment]
 
 
 class ProxyPoolManager(PoolManager):
@@ -264,10 +330,19 @@ class UpstreamClient:
         )
 
     # -- checkout -------------------------------------------------------------------
-    def _checkout(self, origin_pool: OriginPool) -> tuple[Lease[HTTPConnection], HTTPConnection]:
+    def _checkout(
+        self,
+        origin_pool: OriginPool,
+        address: str | None = None,
+        peer_allowed: Callable[[str], bool] | None = None,
+    ) -> tuple[Lease[HTTPConnection], HTTPConnection]:
         """A live connection to the origin: reused if an idle one is still open, else new.
 
-        Raises PoolExhausted (503), UpstreamConnectError (502) or UpstreamTimeout (504).
+        A new connection goes to ``address`` when given (the address the caller checked).
+        A reused one must have a peer ``peer_allowed`` accepts, or it is replaced: a
+        connection opened for a client allowed to reach a private address is never
+        handed to one that is not. Raises PoolExhausted (503), UpstreamConnectError
+        (502) or UpstreamTimeout (504).
         """
         settings = self.settings
         try:
@@ -278,19 +353,32 @@ class UpstreamClient:
             ) from exc
         conn = lease.conn
         if conn is None:
-            return lease, self._connect(origin_pool, lease)
+            return lease, self._connect(origin_pool, lease, address)
         sock = conn.sock
         # An idle socket that polls readable was closed by the upstream (or holds bytes
         # nobody asked for): replace it now rather than lose a request to it. The lease
         # keeps its slot, so the request does not queue again behind later arrivals.
-        if sock is None or wait_for_read(sock, timeout=0.0):
+        if (
+            sock is None
+            or wait_for_read(sock, timeout=0.0)
+            or (peer_allowed is not None and not peer_allowed(_peer(sock)))
+        ):
             lease = self.pool.renew(lease)
-            return lease, self._connect(origin_pool, lease)
+            return lease, self._connect(origin_pool, lease, address)
         return lease, conn
 
-    def _connect(self, origin_pool: OriginPool, lease: Lease[HTTPConnection]) -> HTTPConnection:
+    def _connect(
+        self,
+        origin_pool: OriginPool,
+        lease: Lease[HTTPConnection],
+        address: str | None = None,
+    ) -> HTTPConnection:
         """Open the connection for a new slot; on failure free the slot and say why."""
         conn: HTTPConnection = origin_pool._new_conn()  # type: ignore[assignment]
+        if address is not None:
+            # Connect to the checked address; Host and TLS SNI/verification still use
+            # the name (urllib3 keeps ``host`` for those and dials ``_dns_host``).
+            conn._dns_host = address
         conn.timeout = self.settings.connect_timeout
         try:
             conn.connect()
@@ -311,6 +399,9 @@ class UpstreamClient:
         target: str,
         headers: dict[str, str],
         body: RequestBody | None,
+        *,
+        address: str | None = None,
+        peer_allowed: Callable[[str], bool] | None = None,
     ) -> Exchange:
         """Send one request and read the response head; the body is left to stream.
 
@@ -328,7 +419,7 @@ class UpstreamClient:
                 headers[name] = SKIP_HEADER
         chunked = body is not None and body.chunked
         started = time.monotonic()
-        lease, conn = self._checkout(origin_pool)
+        lease, conn = self._checkout(origin_pool, address, peer_allowed)
         pool_wait = time.monotonic() - started
         retried = False
         while True:
@@ -371,7 +462,7 @@ class UpstreamClient:
                         target[:200],
                     )
                     lease = self.pool.renew(lease)
-                    conn = self._connect(origin_pool, lease)
+                    conn = self._connect(origin_pool, lease, address)
                     continue
                 self.pool.discard(lease)
                 self.pool.note_error()
@@ -458,6 +549,14 @@ class UpstreamClient:
     def close(self) -> None:
         """Close every idle connection; used when the worker exits."""
         self.pool.close()
+
+
+def _peer(sock: Any) -> str:
+    """The address a connected socket talks to ('' if it cannot say)."""
+    try:
+        return str(sock.getpeername()[0])
+    except (OSError, IndexError, TypeError):
+        return ""
 
 
 def _one_line(exc: BaseException) -> str:

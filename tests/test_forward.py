@@ -275,20 +275,22 @@ def test_remote_clients_cannot_reach_private_addresses(
     assert request(proxy.port, "GET", f"http://127.0.0.1:{upstream.port}/echo").status == 200
 
 
+@pytest.mark.parametrize("worker_class", WORKERS)
 def test_allow_private_lets_remote_clients_through(
-    proxies: Callable[..., Proxy], upstream: UpstreamServer
+    proxies: Callable[..., Proxy], upstream: UpstreamServer, worker_class: str
 ) -> None:
     """PROXY_ALLOW_PRIVATE=1 lifts the guard, for proxies in front of private networks."""
-    proxy = proxies("gevent", PROXY_ALLOW_PRIVATE="1")
+    proxy = proxies(worker_class, PROXY_ALLOW_PRIVATE="1")
     assert from_remote(proxy.port, "GET", f"http://localhost:{upstream.port}/echo").status == 200
 
 
+@pytest.mark.parametrize("worker_class", WORKERS)
 def test_pooled_connection_is_not_reused_past_the_private_guard(
-    proxies: Callable[..., Proxy], upstream: UpstreamServer
+    proxies: Callable[..., Proxy], upstream: UpstreamServer, worker_class: str
 ) -> None:
     """A connection the machine itself opened to a private address never carries a remote
     client's request there."""
-    proxy = proxies("gevent")
+    proxy = proxies(worker_class)
     target = f"http://127.0.0.1:{upstream.port}/echo"
     assert request(proxy.port, "GET", target).status == 200
     proxy.settled()
@@ -296,12 +298,13 @@ def test_pooled_connection_is_not_reused_past_the_private_guard(
     assert len(upstream.requests) == 1
 
 
+@pytest.mark.parametrize("worker_class", WORKERS)
 def test_forwarding_to_the_proxy_itself_does_not_loop(
-    proxies: Callable[..., Proxy], upstream: UpstreamServer
+    proxies: Callable[..., Proxy], upstream: UpstreamServer, worker_class: str
 ) -> None:
     """An absolute-form request for the proxy's own address (admin prefix included) is
     refused instead of looping."""
-    proxy = proxies("gevent", PROXY_UPSTREAM=upstream.url)
+    proxy = proxies(worker_class, PROXY_UPSTREAM=upstream.url)
     for target in (f"{proxy.url}/_proxy/health", f"http://localhost:{proxy.port}/echo"):
         reply = request(proxy.port, "GET", target)
         assert reply.status == 403 and b"itself" in reply.body, (target, reply)

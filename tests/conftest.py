@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +29,9 @@ from tests.upstream import UpstreamServer
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+CURL = shutil.which("curl")
+#: curl is what users drive the proxy with; `make test` installs it.
+needs_curl = pytest.mark.skipif(CURL is None, reason="curl is installed by `make test`")
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
@@ -41,6 +45,18 @@ def clean_env(**overrides: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(overrides)
     return env
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run curl as a user would, bounded in time, with no proxy variables inherited."""
+    assert CURL is not None
+    return subprocess.run(
+        [CURL, "-sS", "--max-time", "10", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=clean_env(),
+    )
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -218,7 +234,11 @@ def start_gunicorn(
             stderr=subprocess.STDOUT,
         )
     sock.close()
-    proxy = Proxy(port, f"gunicorn-{worker_class}", proc, log_path)
+    return _ready(Proxy(port, f"gunicorn-{worker_class}", proc, log_path), proc)
+
+
+def _ready(proxy: Proxy, proc: subprocess.Popen[bytes]) -> Proxy:
+    """Wait for a started proxy to answer; stop it if it does not."""
     proxy.stopper = lambda: _stop_process(proc)
     try:
         _wait_ready(proxy, proc)
@@ -253,14 +273,7 @@ def start_flask_run(tmp_path: Path, **env: str) -> Proxy:
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    proxy = Proxy(port, "flask-run", proc, log_path)
-    proxy.stopper = lambda: _stop_process(proc)
-    try:
-        _wait_ready(proxy, proc)
-    except BaseException:
-        _stop_process(proc)
-        raise
-    return proxy
+    return _ready(Proxy(port, "flask-run", proc, log_path), proc)
 
 
 def serve_in_thread(app: Any) -> Proxy:
@@ -283,6 +296,16 @@ def serve_in_thread(app: Any) -> Proxy:
 @pytest.fixture
 def upstream() -> Iterator[UpstreamServer]:
     """A fresh instrumented upstream on 127.0.0.1."""
+    server = UpstreamServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_upstream() -> Iterator[UpstreamServer]:
+    """One instrumented upstream shared by a module's tests (and its proxies)."""
     server = UpstreamServer().start()
     try:
         yield server

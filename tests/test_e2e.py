@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -15,26 +14,14 @@ from tests.conftest import (
     BIN,
     ROOT,
     clean_env,
+    curl,
+    needs_curl,
     request,
     start_flask_run,
     start_gunicorn,
     wait_until,
 )
 from tests.upstream import UpstreamServer
-
-CURL = shutil.which("curl")
-needs_curl = pytest.mark.skipif(CURL is None, reason="curl is installed by `make test`")
-
-
-def curl(*args: str) -> subprocess.CompletedProcess[str]:
-    assert CURL is not None
-    return subprocess.run(
-        [CURL, "-sS", "--max-time", "10", *args],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        env=clean_env(),
-    )
 
 
 @needs_curl

@@ -9,33 +9,18 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import shutil
 import socket
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import bcrypt
 import pytest
 
-from tests.conftest import Proxy, Reply, clean_env, request, wait_until
+from tests.conftest import Proxy, Reply, curl, needs_curl, request, wait_until
 from tests.upstream import UpstreamServer
 
 WORKERS = ["gevent", "gthread"]
-CURL = shutil.which("curl")
-needs_curl = pytest.mark.skipif(CURL is None, reason="curl is installed by `make test`")
 REMOTE = "127.0.0.2"
-
-
-def curl(*args: str) -> subprocess.CompletedProcess[str]:
-    assert CURL is not None
-    return subprocess.run(
-        [CURL, "-sS", "--max-time", "10", *args],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        env=clean_env(),
-    )
 
 
 def from_remote(port: int, method: str, target: str, **kw: object) -> Reply:

@@ -24,12 +24,8 @@ CORPUS = sorted((Path(__file__).parent / "requests").glob("*.http"))
 
 
 @pytest.fixture(scope="module")
-def up() -> Iterator[UpstreamServer]:
-    server = UpstreamServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def up(module_upstream: UpstreamServer) -> UpstreamServer:
+    return module_upstream
 
 
 @pytest.fixture(scope="module", params=["gevent", "gthread"])

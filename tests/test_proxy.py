@@ -29,12 +29,8 @@ def _dead_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def up() -> Iterator[UpstreamServer]:
-    server = UpstreamServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def up(module_upstream: UpstreamServer) -> UpstreamServer:
+    return module_upstream
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,12 @@ response with ``X-Proxy-Error`` here, in one place.
 from __future__ import annotations
 
 import errno
+import http.client
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
-
-from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from .auth import ProxyAuth
 from .config import Settings
@@ -54,9 +52,6 @@ HOP_BY_HOP = frozenset(
 #: Request headers this hop writes itself (or has already acted on).
 _REPLACED = frozenset({"host", "expect", "x-forwarded-proto", "x-forwarded-host", "via"})
 _READ_SIZE = 64 * 1024
-_OBS_FOLD = re.compile(r"\r?\n[ \t]+")
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _connection_tokens(value: str | None) -> frozenset[str]:
@@ -254,27 +249,23 @@ class Forwarder:
         """
         response = exchange.response
         where = origin_text(exchange.origin)
-        if "transfer-encoding" in response.headers and "content-length" in response.headers:
+        index = response.headers.index
+        if "transfer-encoding" in index and "content-length" in index:
             # Which framing did the client's side see? Ambiguous, so refused (as nginx).
             raise UpstreamProtocolError(
                 f"upstream {where} sent both Content-Length and Transfer-Encoding"
             )
-        lengths = set(response.headers.getlist("content-length"))
+        lengths = set(index.get("content-length", ()))
         if len(lengths) > 1 or (len(lengths) == 1 and "," in next(iter(lengths))):
             raise UpstreamProtocolError(f"upstream {where} sent conflicting Content-Lengths")
-        dropped = _connection_tokens(response.headers.get("connection"))
+        connection = index.get("connection")
+        dropped = _connection_tokens(",".join(connection)) if connection else frozenset()
         headers: list[tuple[str, str]] = []
         via: str | None = None
-        for name, value in response.headers.iteritems():
+        for name, value in response.headers._headers:
             lowered = name.lower()
             if lowered in HOP_BY_HOP or lowered in dropped:
                 continue
-            if "\n" in value:
-                value = _OBS_FOLD.sub(" ", value)
-            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-                raise UpstreamProtocolError(
-                    f"upstream {origin_text(exchange.origin)} sent an invalid header {name[:60]!r}"
-                )
             if lowered == "via":
                 via = _append(via, value)
                 continue
@@ -325,10 +316,13 @@ class ResponseBody:
     def __next__(self) -> bytes:
         if self._complete:
             raise StopIteration
+        response = self._exchange.response
         try:
-            data = self._exchange.response.read1(_READ_SIZE, decode_content=False)
-        except (HTTPError, OSError, ValueError) as exc:
-            timed_out = isinstance(exc, ReadTimeoutError)
+            data = response.read1(_READ_SIZE)
+            if not data and response.incomplete:
+                raise http.client.IncompleteRead(b"", response.length)
+        except (http.client.HTTPException, OSError, ValueError) as exc:
+            timed_out = isinstance(exc, TimeoutError)
             self._error = "upstream-timeout" if timed_out else "upstream-aborted"
             log.warning(
                 "%s %s: upstream %s response %s mid-body: %s; aborting the client's response",

@@ -116,14 +116,25 @@ class Metrics:
             ["direction"],
             registry=reg,
         )
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._seen: dict[str, int] = dict.fromkeys(_POOL_COUNTERS, 0)
         self._seen_tunnel = {"bytes_up": 0, "bytes_down": 0}
 
     def observe_request(self, method: str, status: int, seconds: float) -> None:
-        """One finished request (called once per request, when its response closes)."""
-        label = status_class(status)
-        self.requests.labels(method if method in _METHODS else "other", label).inc()
-        self.duration.labels(label).observe(seconds)
+        """One finished request (called once per request, when its response closes).
+
+        Labelled children are kept at hand: ``labels()`` takes a lock and builds a key on
+        every call, a cost paid per request otherwise."""
+        key = (method, status)
+        children = self._children.get(key)
+        if children is None:
+            label = status_class(status)
+            children = self._children[key] = (
+                self.requests.labels(method if method in _METHODS else "other", label),
+                self.duration.labels(label),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def refresh(self, stats: dict[str, Any], tunnels: dict[str, int] | None = None) -> None:
         """Bring the pool (and tunnel) gauges and counters up to a snapshot."""

@@ -624,13 +624,18 @@ class Pool(Generic[C]):
         """A lease on a connection to `origin`, waiting up to `timeout` seconds, first come
         first served. If `lease.conn` is None, open one and call `connected` (or
         `connect_failed`). Raises PoolTimeout (counted), or RuntimeError once closed."""
-        event = self._event_factory()
         now = self._clock()
         with self._lock:
-            waiter, tr = self._state.acquire(origin, now, event)
+            waiter, tr = self._state.acquire(origin, now)
+            if waiter.lease is None:
+                # Only a queued request needs an event; it is attached before the lock
+                # is released, so no release can serve it without being able to wake it.
+                waiter.event = self._event_factory()
         self._finish(tr)
         if waiter.lease is not None:
             return waiter.lease
+        event = waiter.event
+        assert event is not None
         try:
             woken = event.wait(timeout)
         except BaseException:

@@ -32,8 +32,6 @@ from urllib3.exceptions import (
     NameResolutionError,
     NewConnectionError,
 )
-from urllib3.response import HTTPResponse
-from urllib3.util import SKIP_HEADER
 from urllib3.util.wait import wait_for_read
 
 from .config import Origin, Settings
@@ -46,6 +44,7 @@ from .errors import (
     UpstreamTimeout,
 )
 from .pool import Decision, Lease, Limits, Pool, PoolTimeout
+from .response import UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -146,50 +145,16 @@ class RequestBody:
         return data
 
 
-class _CheckedLines:
-    """Wraps a response's file while http.client reads the status line and headers.
-
-    Python's header parser treats a bare CR as a line break, so ``X-A: 1\rSet-Cookie: x``
-    would reach the client as two headers: response splitting by the upstream. Refuse
-    such lines (and NUL) before they are parsed; the body is read from the raw file.
-    """
-
-    def __init__(self, fp: Any) -> None:
-        self._fp = fp
-
-    def readline(self, limit: int = -1) -> bytes:
-        line: bytes = self._fp.readline(limit)
-        if b"\x00" in line or b"\r" in line.rstrip(b"\r\n") or line.endswith(b"\r\r\n"):
-            raise http.client.HTTPException("a response header line holds a bare CR or a NUL")
-        return line
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._fp, name)
-
-
-class CheckedHTTPResponse(http.client.HTTPResponse):
-    """http.client's response, with the head's lines checked as they are read."""
-
-    def begin(self) -> None:
-        raw = self.fp
-        self.fp = _CheckedLines(raw)  # type: ignore[assignment]
-        try:
-            super().begin()
-        finally:
-            if self.fp is not None:
-                self.fp = raw
-
-
 class ProxyHTTPConnection(HTTPConnection):
-    """urllib3's connection, parsing responses with ``CheckedHTTPResponse``."""
+    """urllib3's connection, reading response heads with ``UpstreamResponse``."""
 
-    response_class = CheckedHTTPResponse
+    response_class = UpstreamResponse
 
 
 class ProxyHTTPSConnection(HTTPSConnection):
-    """urllib3's TLS connection, parsing responses with ``CheckedHTTPResponse``."""
+    """urllib3's TLS connection, reading response heads with ``UpstreamResponse``."""
 
-    response_class = CheckedHTTPResponse
+    response_class = UpstreamResponse
 
 
 class OriginPool(HTTPConnectionPool):
@@ -268,7 +233,7 @@ class ProxyPoolManager(PoolManager):
 class Exchange:
     """One request in flight upstream: its response and the lease to give back."""
 
-    response: HTTPResponse
+    response: UpstreamResponse
     conn: HTTPConnection
     lease: Lease[HTTPConnection]
     origin: Origin
@@ -318,6 +283,7 @@ class UpstreamClient:
         else:
             tls["cert_reqs"] = "CERT_NONE"
             tls["assert_hostname"] = False
+        self._origin_pools: dict[Origin, OriginPool] = {}
         #: Failed connects since start (the health thread judges "cannot connect" by it).
         self.connect_errors = 0
         #: The module-level PoolManager (``wsgiproxy.app.pool_manager``).
@@ -328,6 +294,20 @@ class UpstreamClient:
             retries=False,
             **tls,
         )
+
+    def origin_pool(self, origin: Origin) -> OriginPool:
+        """urllib3's pool object for an origin, from the PoolManager, kept at hand.
+
+        The PoolManager builds it (and its TLS settings) once; looking it up again on
+        every request would cost a pool-key normalisation each time.
+        """
+        origin_pool = self._origin_pools.get(origin)
+        if origin_pool is None:
+            scheme, host, port = origin
+            found = self.manager.connection_from_host(host, port, scheme)
+            assert isinstance(found, OriginPool)
+            origin_pool = self._origin_pools[origin] = found
+        return origin_pool
 
     # -- checkout -------------------------------------------------------------------
     def _checkout(
@@ -411,13 +391,9 @@ class UpstreamClient:
         a new connection, when its method is idempotent and its body was kept whole.
         """
         settings = self.settings
-        scheme, host, port = origin
-        origin_pool = self.manager.connection_from_host(host, port, scheme)
-        assert isinstance(origin_pool, OriginPool)
-        for name in ("User-Agent", "Accept-Encoding"):
-            if name not in headers:
-                headers[name] = SKIP_HEADER
+        origin_pool = self.origin_pool(origin)
         chunked = body is not None and body.chunked
+        head = _header_block(headers, body)
         started = time.monotonic()
         lease, conn = self._checkout(origin_pool, address, peer_allowed)
         pool_wait = time.monotonic() - started
@@ -426,19 +402,16 @@ class UpstreamClient:
             sending = True
             try:
                 conn.timeout = settings.write_timeout
-                conn.request(
-                    method,
-                    target,
-                    body=body,
-                    headers=headers,
-                    chunked=chunked,
-                    preload_content=False,
-                    decode_content=False,
-                    enforce_content_length=True,
-                )
+                _send_request(conn, method, target, head, body, chunked)
                 sending = False
                 conn.timeout = settings.read_timeout
-                response = conn.getresponse()
+                if conn.sock is not None:
+                    conn.sock.settimeout(settings.read_timeout)
+                # http.client's own getresponse: the head is parsed by UpstreamResponse
+                # and the body read straight from it, without urllib3's response wrapper
+                # (its header checks and per-read bookkeeping cost more than the proxying).
+                response = http.client.HTTPConnection.getresponse(conn)
+                assert isinstance(response, UpstreamResponse)
             except (ClientBodyError, BodyTooLarge):
                 conn.close()
                 self.pool.discard(lease)
@@ -502,8 +475,8 @@ class UpstreamClient:
         """
         conn = exchange.conn
         response = exchange.response
+        response.close()
         if not complete or conn.is_closed or not self.settings.pool_enabled:
-            response.close()
             conn.close()
             self.pool.discard(exchange.lease)
             return
@@ -524,23 +497,13 @@ class UpstreamClient:
         The health thread's probe: it must not wait behind a full pool, nor leave a
         connection in it. Raises the urllib3/socket error when the upstream fails.
         """
-        scheme, host, port = origin
-        origin_pool = self.manager.connection_from_host(host, port, scheme)
+        origin_pool = self.origin_pool(origin)
         conn: HTTPConnection = origin_pool._new_conn()  # type: ignore[assignment]
         conn.timeout = timeout
         try:
-            conn.request(
-                "GET",
-                target,
-                headers={
-                    "Host": host_header,
-                    "User-Agent": "wsgiproxy-health",
-                    "Accept-Encoding": SKIP_HEADER,
-                },
-                preload_content=False,
-                decode_content=False,
-            )
-            response = conn.getresponse()
+            head = _header_block({"Host": host_header, "User-Agent": "wsgiproxy-health"}, None)
+            _send_request(conn, "GET", target, head, None, chunked=False)
+            response = http.client.HTTPConnection.getresponse(conn)
             response.read(65536)
             return response.status
         finally:
@@ -549,6 +512,43 @@ class UpstreamClient:
     def close(self) -> None:
         """Close every idle connection; used when the worker exits."""
         self.pool.close()
+
+
+def _header_block(headers: dict[str, str], body: RequestBody | None) -> list[bytes]:
+    """The request's header lines, encoded once (also for a replay).
+
+    The values come from the client's request, which gunicorn (or werkzeug) has already
+    checked for CR, LF and NUL, and from this proxy itself.
+    """
+    lines = [f"{name}: {value}".encode("latin-1", "replace") for name, value in headers.items()]
+    if body is not None and body.chunked:
+        lines.append(b"Transfer-Encoding: chunked")
+    return lines
+
+
+def _send_request(
+    conn: HTTPConnection,
+    method: str,
+    target: str,
+    head: list[bytes],
+    body: RequestBody | None,
+    chunked: bool,
+) -> None:
+    """Write the request through http.client's connection, framing the body as given.
+
+    ``putrequest``/``endheaders`` keep http.client's state machine (so ``getresponse``
+    works) and its request-line checks; the header lines go in already encoded, instead
+    of one validating ``putheader`` call each, which cost more than the rest of the send.
+    """
+    conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+    conn._buffer.extend(head)  # type: ignore[attr-defined]
+    conn.endheaders()
+    if body is None:
+        return
+    for chunk in body:
+        conn.send(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+    if chunked:
+        conn.send(b"0\r\n\r\n")
 
 
 def _peer(sock: Any) -> str:

@@ -180,3 +180,15 @@ def test_clients_vanishing_mid_response_leave_the_pool_idle(
         assert request(proxy.port, "GET", "/echo").status == 200
     finally:
         proxy.stop()
+
+
+def test_sync_worker_class_serves(tmp_path: Path, upstream: UpstreamServer) -> None:
+    """PROXY_WORKER_CLASS=sync (one request at a time) proxies and pools too."""
+    proxy = start_gunicorn(tmp_path, "sync", PROXY_UPSTREAM=upstream.url)
+    try:
+        for _ in range(3):
+            assert request(proxy.port, "GET", "/echo?sync").status == 200
+        assert upstream.connections_opened == 1
+        assert proxy.health()["gevent_warnings"] == []
+    finally:
+        proxy.stop()

@@ -10,6 +10,7 @@ response with ``X-Proxy-Error`` here, in one place.
 from __future__ import annotations
 
 import errno
+import functools
 import http.client
 import logging
 import time
@@ -61,9 +62,13 @@ def _connection_tokens(value: str | None) -> frozenset[str]:
     return frozenset(token.strip().lower() for token in value.split(",") if token.strip())
 
 
-def _header_name(key: str) -> str:
-    """``HTTP_X_FORWARDED_FOR`` -> ``X-Forwarded-For``."""
-    return "-".join(part.capitalize() for part in key[5:].split("_"))
+@functools.lru_cache(maxsize=1024)
+def _header_name(key: str) -> tuple[str, str]:
+    """``HTTP_X_FORWARDED_FOR`` -> (``X-Forwarded-For``, ``x-forwarded-for``).
+
+    Cached: the same few dozen header names come with every request."""
+    name = "-".join(part.capitalize() for part in key[5:].split("_"))
+    return name, name.lower()
 
 
 def _append(existing: str | None, value: str) -> str:
@@ -222,8 +227,7 @@ class Forwarder:
         for key, value in environ.items():
             if not key.startswith("HTTP_"):
                 continue
-            name = _header_name(key)
-            lowered = name.lower()
+            name, lowered = _header_name(key)
             if lowered in HOP_BY_HOP or lowered in _REPLACED or lowered in dropped:
                 continue
             headers[name] = value

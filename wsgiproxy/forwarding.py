@@ -291,8 +291,10 @@ class ResponseBody:
     response reaches the client chunk by chunk. If the upstream fails mid-body the
     client's connection is aborted (a truncated message, never a complete-looking one):
     raising ``ConnectionResetError`` makes gunicorn and werkzeug drop the client socket
-    without writing the final chunk, and without logging a traceback. ``close`` (always
-    called by the server) gives the upstream connection back, or closes it.
+    without writing the final chunk, and without logging a traceback. The upstream
+    connection goes back to the pool as soon as the body has all arrived (before the
+    last bytes are written to the client); ``close``, always called by the server,
+    gives it back (or closes it) if that has not happened yet.
     """
 
     def __init__(
@@ -311,6 +313,7 @@ class ResponseBody:
         self._key = key
         self._started = started
         self._complete = False
+        self._given_back = False
         self._closed = False
         self._error: str | None = None
 
@@ -341,15 +344,26 @@ class ResponseBody:
             raise ConnectionResetError(errno.ECONNRESET, "upstream response broke off") from exc
         if not data:
             self._complete = True
+            self._give_back()
             raise StopIteration
+        if response.length == 0:
+            # The declared length has all arrived: the upstream connection is free now,
+            # before these last bytes are written to a client that may be slow.
+            self._complete = True
+            self._give_back()
         return bytes(data)
+
+    def _give_back(self) -> None:
+        """Return (or close) the upstream connection, once."""
+        if not self._given_back:
+            self._given_back = True
+            self._forwarder.client.finish(self._exchange, complete=self._complete)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        forwarder = self._forwarder
-        forwarder.client.finish(self._exchange, complete=self._complete)
-        forwarder.done(
+        self._give_back()
+        self._forwarder.done(
             self._key, self._method, self._exchange.response.status, self._started, self._error
         )

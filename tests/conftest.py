@@ -180,14 +180,26 @@ def _bound_socket() -> socket.socket:
 
 
 def _stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Stop a server and every process it started (its own process group).
+
+    SIGTERM, gunicorn's graceful stop (started with a short --graceful-timeout). Not
+    SIGINT/SIGQUIT: a gthread worker that gets SIGQUIT while submitting a request to its
+    thread pool deadlocks on the pool's lock and outlives its master. Whatever is left
+    after the deadline is killed, so no worker is ever orphaned."""
+    try:
+        group = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        group = None
     if proc.poll() is None:
-        # SIGINT is gunicorn's quick shutdown: parked requests do not hold it up.
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout)
+    if group is not None and group != os.getpgid(0):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
 
 
 def _wait_ready(proxy: Proxy, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -225,6 +237,8 @@ def start_gunicorn(
                 "--bind",
                 f"fd://{sock.fileno()}",
                 "--no-control-socket",
+                "--graceful-timeout",
+                "3",
                 "wsgiproxy.app:app",
             ],
             cwd=ROOT,
@@ -232,6 +246,7 @@ def start_gunicorn(
             pass_fds=[sock.fileno()],
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     sock.close()
     return _ready(Proxy(port, f"gunicorn-{worker_class}", proc, log_path), proc)
@@ -272,6 +287,7 @@ def start_flask_run(tmp_path: Path, **env: str) -> Proxy:
             env=clean_env(**env),
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     return _ready(Proxy(port, "flask-run", proc, log_path), proc)
 

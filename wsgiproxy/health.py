@@ -24,11 +24,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from urllib3.util.wait import wait_for_read
-
 from .config import Settings, UpstreamURL
 from .metrics import Metrics
-from .upstream import UpstreamClient, origin_text
+from .upstream import UpstreamClient, is_dropped, origin_text
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +50,9 @@ class Probe:
 
 
 def _dead(conn: Any) -> bool:
-    """An idle connection whose socket polls readable was closed by the upstream."""
+    """An idle connection the upstream closed (or that holds bytes nobody asked for)."""
     sock = getattr(conn, "sock", None)
-    return sock is None or wait_for_read(sock, timeout=0.0)
+    return sock is None or is_dropped(sock)
 
 
 class HealthMonitor:

@@ -2,7 +2,10 @@
 
 One PoolManager per worker process, kept-alive connections reused across requests, the
 response streamed back (``preload_content=False``) and its connection released when the
-WSGI server closes the response.
+WSGI server closes the response -- closed instead when the body was not read to its end
+(a client gone mid-response): ``release_conn`` alone would put a connection with unread
+body bytes back in the pool, and the next request on it would read them as its status
+line (seen in this bench as ``BadStatusLine`` 502s).
 
 UPSTREAM: base URL. UPSTREAM_CA: CA file for an https upstream. POOL_MAXSIZE (default
 100, wsgiproxy's HTTP_MAX_CONNECTIONS default) connections kept per host; POOL_BLOCK=1
@@ -48,5 +51,11 @@ def proxy(path):
     )
     headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP]
     resp = Response(upstream.stream(64 * 1024, decode_content=False), upstream.status, headers)
-    resp.call_on_close(upstream.release_conn)
+    resp.call_on_close(lambda: _release(upstream))
     return resp
+
+
+def _release(upstream):
+    if upstream.length_remaining != 0:  # not read to its end (or no length to tell)
+        upstream.close()
+    upstream.release_conn()

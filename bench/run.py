@@ -365,7 +365,7 @@ class WrkResult:
 def wrk(url: str, conns: int, seconds: float, *, abs_path: str | None = None, timeout_s: float = 8.0) -> WrkResult:
     threads = 1 if conns == 1 else 2
     argv = [
-        "wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds:g}s",
+        "wrk", "-t", str(threads), "-c", str(conns), "-d", f"{max(1, round(seconds))}s",
         "--timeout", f"{timeout_s:g}s", "--latency", "-s", str(BENCH / "wrk_report.lua"), url,
     ]
     if abs_path:
@@ -410,33 +410,38 @@ def check_wrk_absolute_form(url_of_listener_port: int | None = None) -> str:
     got: list[bytes] = []
 
     def accept() -> None:
+        # wrk opens one connection first and closes it without a request: skip it.
         srv.settimeout(5)
-        try:
-            conn, _ = srv.accept()
-            conn.settimeout(5)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            got.append(data)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-            conn.close()
-        except OSError:
-            pass
+        for _ in range(4):
+            try:
+                conn, _ = srv.accept()
+                conn.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                if data:
+                    got.append(data)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                conn.close()
+                if got:
+                    return
+            except OSError:
+                return
 
     t = threading.Thread(target=accept)
     t.start()
     absolute = "http://127.0.0.1:9/abs-check?x=1"
     try:
-        wrk(f"http://127.0.0.1:{port}/", 1, 0.3, abs_path=absolute, timeout_s=1)
+        wrk(f"http://127.0.0.1:{port}/", 1, 1, abs_path=absolute, timeout_s=1)
     except RuntimeError:
         pass
     t.join(6)
     srv.close()
     first = got[0].split(b"\r\n", 1)[0].decode(errors="replace") if got else ""
-    if first != f"GET {absolute} HTTP/1.1":
+    if not first.startswith(f"GET {absolute} HTTP/1.1") or b"\r\nHost: 127.0.0.1:9\r\n" not in got[0]:
         raise SystemExit(f"bench: wrk does not send absolute-form as set: {first!r}")
     return first
 
@@ -452,6 +457,7 @@ class Instance:
     root_pid: int | None  # the pid we started (master); None for "direct"
     workers_fn: Any = None  # () -> [pids] whose RSS is "the proxy's RSS"
     https: bool = False
+    prefix: str = ""  # path prefix the proxy serves the upstream under (werkzeug: /up)
 
     def worker_pids(self) -> list[int]:
         if self.root_pid is None:
@@ -478,6 +484,9 @@ class Bench:
     ca_file: str = ""
     client_ctx: ssl.SSLContext | None = None
     venv: dict[str, Path] = field(default_factory=dict)
+    product_dir: Path = ROOT
+    product_digest: str = ""
+    product_commit: str = ""
 
     # ---- files, certificates, upstreams ----
     def prepare_files(self) -> None:
@@ -610,7 +619,25 @@ http {{{common}
                 settings["HTTP_CA_BUNDLE"] = self.ca_file
         settings.update(env)
         argv = [str(PRODUCT_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--no-control-socket", "wsgiproxy.app:app"]
-        return self.procs.start(name, argv, env=clean_env(**settings), cwd=ROOT)
+        return self.procs.start(name, argv, env=clean_env(**settings), cwd=self.product_dir)
+
+    def snapshot_product(self) -> None:
+        """Copy wsgiproxy/ and gunicorn.conf.py as they are now, and run every wsgiproxy
+        instance from the copy: others edit the work tree while a run goes on, and all
+        instances must run one and the same code (--live-tree runs the tree itself)."""
+        if self.args.live_tree:
+            self.product_dir = ROOT
+            return
+        snap = self.tmp / "product"
+        snap.mkdir()
+        shutil.copytree(ROOT / "wsgiproxy", snap / "wsgiproxy", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(ROOT / "gunicorn.conf.py", snap / "gunicorn.conf.py")
+        digest = hashlib.sha256()
+        for f in sorted(snap.rglob("*.py")):
+            digest.update(f.relative_to(snap).as_posix().encode() + b"\0" + f.read_bytes())
+        self.product_digest = digest.hexdigest()[:12]
+        self.product_commit = product_commit()
+        self.product_dir = snap
 
     def start_proxy(self, proxy: str, upstream: str) -> None:
         key = (proxy, upstream)
@@ -660,7 +687,7 @@ http {{{common}
             return
         else:
             raise ValueError(proxy)
-        self.inst[key] = Instance(proxy, upstream, port, proc.pid)
+        self.inst[key] = Instance(proxy, upstream, port, proc.pid, prefix="/up" if proxy == "werkzeug" else "")
 
     def start_nginx_proxy(self) -> None:
         p = self.ports
@@ -707,7 +734,7 @@ http {{{common}
                         status, _ = http_get("127.0.0.1", inst.port, f"{self.upstream_url('http')}{path}", timeout=2)
                     else:
                         ctx = self.client_ctx if inst.proxy == "direct" and inst.upstream == "https" else None
-                        status, _ = http_get("127.0.0.1", inst.port, path, https_ctx=ctx, timeout=2)
+                        status, _ = http_get("127.0.0.1", inst.port, inst.prefix + path, https_ctx=ctx, timeout=2)
                     if status == 200:
                         del pending[key]
                     else:
@@ -719,13 +746,31 @@ http {{{common}
             names = ", ".join(f"{k[0]}/{k[1]} ({last_err.get(k, '?')})" for k in pending)
             raise SystemExit(f"bench: not ready after {deadline_s:.0f}s: {names}; logs in {self.procs.logdir}")
 
+    def wait_upstream_quiet(self, upstream: str, limit_s: float = 15.0) -> None:
+        """Wait until the upstream gets no more requests: a proxy may still be working
+        through requests queued by clients that have gone (none of ours, but some)."""
+        deadline = time.monotonic() + limit_s
+        last = -1
+        while time.monotonic() < deadline:
+            if upstream == "delay":
+                _, body = http_get("127.0.0.1", self.ports["up_delay"], "/__stats")
+                now = int(json.loads(body)["requests"])
+            else:
+                _, body = http_get("127.0.0.1", self.ports["up_stub"], "/")
+                m = re.search(rb"\n\s*(\d+)\s+(\d+)\s+(\d+)", body)
+                now = int(m.group(3)) if m else 0
+            if now - last <= 1:  # only our own stats request since the last look
+                return
+            last = now
+            time.sleep(0.3)
+
     # ---- one measurement ----
     def measure(self, inst: Instance, cell_path: str, conns: int, seconds: float, *, abs_url: str | None = None, timeout_s: float = 8.0) -> dict[str, Any]:
         up = inst.upstream
         up_tree = [self.upstream_root[up]] + descendants(self.upstream_root[up])
         proxy_tree = inst.tree()
         scheme = "https" if inst.https else "http"
-        url = f"{scheme}://127.0.0.1:{inst.port}{'/' if abs_url else cell_path}"
+        url = f"{scheme}://127.0.0.1:{inst.port}{'/' if abs_url else inst.prefix + cell_path}"
         a0 = self.upstream_accepts(up)
         c_proxy0, c_up0 = cpu_seconds(proxy_tree), cpu_seconds(up_tree)
         res = wrk(url, conns, seconds, abs_path=abs_url, timeout_s=timeout_s)
@@ -801,11 +846,10 @@ def evaluate_goals(M: dict[str, Any], queue: dict[str, Any], memory: dict[str, A
     c64 = "100B c64"
     ours = get(c64, OURS, "rps")
     alts = {p: get(c64, p, "rps") for p in WSGI_ALTERNATIVES if get(c64, p, "rps") is not None}
-    if alts:
-        best = max(alts, key=lambda p: alts[p] or 0)
-        r = ratio(ours, alts[best])
-        add("100 B at 64 connections: at least 1.5x the best WSGI alternative's req/s", r, lambda x: x >= 1.5,
-            f"{fmt(r, 2)}x ({fmt(ours)} vs {best} {fmt(alts[best])} req/s)")
+    best = max(alts, key=lambda p: alts[p] or 0) if alts else None
+    r = ratio(ours, alts[best]) if best else None
+    add("100 B at 64 connections: at least 1.5x the best WSGI alternative's req/s", r, lambda x: x >= 1.5,
+        f"{fmt(r, 2)}x ({fmt(ours)} vs {best} {fmt(alts.get(best))} req/s)" if best else "")
     r = ratio(ours, get(c64, "flask-requests", "rps"))
     add("100 B at 64 connections: at least 3x Flask + requests per request", r, lambda x: x >= 3,
         f"{fmt(r, 2)}x ({fmt(ours)} vs {fmt(get(c64, 'flask-requests', 'rps'))} req/s)")
@@ -843,8 +887,11 @@ def evaluate_goals(M: dict[str, Any], queue: dict[str, Any], memory: dict[str, A
     if q:
         limit = queue["limit_rps"]
         r = ratio(q["rps"], limit)
+        alone = queue.get("direct")
+        note = (f"; the upstream alone with {WORKERS * QUEUE_LIMIT} connections: {fmt(alone['rps'])} = "
+                f"{fmt(alone['rps'] / limit * 100, 1)}%") if alone else ""
         add("Queue pressure: at least 95% of the limit's throughput", r, lambda x: x >= 0.95,
-            f"{fmt((r or 0) * 100, 1)}% ({fmt(q['rps'])} of {fmt(limit)} req/s)")
+            f"{fmt((r or 0) * 100, 1)}% ({fmt(q['rps'])} of {fmt(limit)} req/s{note})")
         ideal = QUEUE_CLIENTS / q["rps"] * 1000 if q["rps"] else None
         r = ratio(q["p99_ms"], ideal)
         add("Queue pressure: p99 at most 1.3x the queueing ideal (clients / throughput)", r, lambda x: x <= 1.3,
@@ -925,13 +972,15 @@ def report(meta: dict[str, Any], M: dict[str, Any], queue: dict[str, Any], memor
                   "queueing ideal latency = clients / throughput.", "",
                   "| proxy | req/s | % of limit | p50 ms | p99 ms | ideal ms | p99 / ideal | errors | up conns/1k |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for proxy in ("wsgiproxy-q8", "flask-urllib3-q8"):
+        for proxy in ("wsgiproxy-q8", "flask-urllib3-q8", "direct"):
             q = queue.get(proxy)
             if not q:
                 continue
-            ideal = QUEUE_CLIENTS / q["rps"] * 1000 if q["rps"] else None
+            clients = WORKERS * QUEUE_LIMIT if proxy == "direct" else QUEUE_CLIENTS
+            ideal = clients / q["rps"] * 1000 if q["rps"] else None
+            label = f"upstream alone, {clients} connections" if proxy == "direct" else proxy
             lines.append(
-                f"| {proxy} | {fmt(q['rps'])} | {fmt(q['rps'] / queue['limit_rps'] * 100, 1)}% | {fmt(q['p50_ms'])} | "
+                f"| {label} | {fmt(q['rps'])} | {fmt(q['rps'] / queue['limit_rps'] * 100, 1)}% | {fmt(q['p50_ms'])} | "
                 f"{fmt(q['p99_ms'])} | {fmt(ideal)} | {fmt(ratio(q['p99_ms'], ideal), 2)} | {q['errors_total']} "
                 f"({q['error_kinds']}) | {fmt(q['conns_per_1k'], 1)} |"
             )
@@ -974,14 +1023,19 @@ def versions(bench: Bench) -> dict[str, str]:
     v["nginx"] = (nginx.stderr or nginx.stdout).strip().rpartition("/")[2]
     w = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10)
     v["wrk"] = (w.stdout + w.stderr).split()[1] if (w.stdout + w.stderr).split()[1:] else "?"
+    v["wsgiproxy commit"] = bench.product_commit or product_commit()
+    return v
+
+
+def product_commit() -> str:
+    """HEAD of the work tree, and whether the product files differ from it right now."""
     try:
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "wsgiproxy", "gunicorn.conf.py", "requirements.txt"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
-        v["wsgiproxy commit"] = commit + (" (+ uncommitted changes)" if dirty else "")
+        return commit + (" + uncommitted changes" if dirty else "")
     except Exception:
-        pass
-    return v
+        return "?"
 
 
 def machine() -> str:
@@ -1033,6 +1087,7 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
     abs_line = check_wrk_absolute_form()
     t_setup = time.monotonic()
 
+    bench.snapshot_product()
     bench.prepare_files()
     bench.start_upstreams()
     bench.start_nginx_proxy()
@@ -1044,7 +1099,7 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
                 needed.add((p, c.upstream))
     do_queue = not args.no_queue and (only is None or "queue" in only or "flask-urllib3" in only)
     if do_queue:
-        needed |= {("wsgiproxy-q8", "delay"), ("flask-urllib3-q8", "delay")}
+        needed |= {("wsgiproxy-q8", "delay"), ("flask-urllib3-q8", "delay"), ("direct", "delay")}
     for p, u in sorted(needed):
         bench.start_proxy(p, u)
     print(f"bench: {len(needed)} instances starting (results: {outdir.relative_to(ROOT)})", flush=True)
@@ -1080,17 +1135,20 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
                     flush=True,
                 )
         if do_queue:
-            order = ["wsgiproxy-q8", "flask-urllib3-q8"]
+            # "direct": wrk alone on the upstream with as many connections as the proxies
+            # may open (workers x 8): what the limit comes to on this machine.
+            order = ["wsgiproxy-q8", "flask-urllib3-q8", "direct"]
             if rep % 2:
                 order.reverse()
             for proxy in order:
                 inst = bench.inst[(proxy, "delay")]
-                time.sleep(1.0)  # let the previous run's connections drain
-                m = bench.measure(inst, "/delay", QUEUE_CLIENTS, args.queue_duration, timeout_s=20)
+                bench.wait_upstream_quiet("delay")  # the previous run's queue has drained
+                clients = WORKERS * QUEUE_LIMIT if proxy == "direct" else QUEUE_CLIENTS
+                m = bench.measure(inst, "/delay", clients, args.queue_duration, timeout_s=20)
                 m.update(cell="queue", proxy=proxy, rep=rep)
                 queue_runs.append(m)
                 print(
-                    f"  rep {rep + 1} {'queue c1000':<17} {proxy:<18} {m['rps']:>9,.0f} req/s  p50 {m['p50_ms']:>8.2f}  "
+                    f"  rep {rep + 1} {'queue c' + str(clients):<17} {proxy:<18} {m['rps']:>9,.0f} req/s  p50 {m['p50_ms']:>8.2f}  "
                     f"p99 {m['p99_ms']:>8.2f} ms  err {m['errors']} {m['error_detail']}",
                     flush=True,
                 )
@@ -1107,7 +1165,7 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
     queue: dict[str, Any] = {}
     if queue_runs:
         queue["limit_rps"] = WORKERS * QUEUE_LIMIT / DELAY
-        for proxy in ("wsgiproxy-q8", "flask-urllib3-q8"):
+        for proxy in ("wsgiproxy-q8", "flask-urllib3-q8", "direct"):
             rs = [r for r in queue_runs if r["proxy"] == proxy]
             if rs:
                 q = {k: med([r[k] for r in rs]) for k in METRICS}
@@ -1122,6 +1180,8 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
     goals = evaluate_goals(M, queue, memory)
     elapsed = time.monotonic() - t_start
     vers = versions(bench)
+    if bench.product_digest:
+        vers["wsgiproxy snapshot"] = bench.product_digest
     meta = {
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "machine": machine(),
@@ -1137,7 +1197,7 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
     text = report(meta, M, queue, memory, goals)
     (outdir / "report.md").write_text(text)
     (outdir / "results.json").write_text(json.dumps(
-        {"meta": meta, "runs": runs, "queue_runs": queue_runs, "memory_mb": memory, "medians": M,
+        {"meta": meta, "cell_order": [c.name for c in cells], "runs": runs, "queue_runs": queue_runs, "memory_mb": memory, "medians": M,
          "queue": queue, "goals": goals, "proxies": PROXIES}, indent=1))
     chart = subprocess.run(
         [str(bench.venv["tools"] / "python"), str(BENCH / "chart.py"), str(outdir / "results.json"), str(outdir / "chart.png")],
@@ -1174,7 +1234,7 @@ def big_response_growth(bench: Bench, inst: Instance, times: int = 3) -> float:
         t.start()
         try:
             conn = http.client.HTTPConnection("127.0.0.1", inst.port, timeout=60)
-            conn.request("GET", "/50m.bin")
+            conn.request("GET", inst.prefix + "/50m.bin")
             resp = conn.getresponse()
             n = 0
             while True:
@@ -1206,6 +1266,7 @@ def run_profile(args: argparse.Namespace) -> int:
     try:
         ensure_system_tools()
         bench.venv["tools"] = ensure_venv("tools")
+        bench.snapshot_product()
         bench.prepare_files()
         bench.start_upstreams()
         target = args.profile_proxy
@@ -1214,7 +1275,8 @@ def run_profile(args: argparse.Namespace) -> int:
         bench.wait_ready()
         inst = bench.inst[(target, upstream)]
         path = "/100k.bin" if "100k" in args.profile_cell else "/100b.bin"
-        bench.measure(inst, path, 64, 2)  # warm
+        abs_url = bench.upstream_url("http") + path if args.profile_cell == "forward" else None
+        bench.measure(inst, path, 64, 2, abs_url=abs_url)  # warm
         workers = inst.worker_pids()
         pyspy = str(bench.venv["tools"] / "py-spy")
         spies = []
@@ -1226,7 +1288,7 @@ def run_profile(args: argparse.Namespace) -> int:
                  "--rate", "250", "--format", "raw", "--nonblocking", "-o", str(out)],
             )))
         time.sleep(1.0)
-        m = bench.measure(inst, path, 64, args.profile_seconds - 1.5)
+        m = bench.measure(inst, path, 64, int(args.profile_seconds) - 2, abs_url=abs_url)
         for pid, out, proc in spies:
             proc.wait(timeout=args.profile_seconds + 30)
         stacks: dict[str, int] = {}
@@ -1237,7 +1299,12 @@ def run_profile(args: argparse.Namespace) -> int:
                     if stack and count.isdigit():
                         stacks[stack] = stacks.get(stack, 0) + int(count)
         text = summarize_profile(stacks, m, target, args.profile_cell)
+        text = text.replace("\n\n", f"\n\nCode: wsgiproxy commit {bench.product_commit}, snapshot {bench.product_digest}.\n\n", 1)
         (outdir / "profile.md").write_text(text)
+        latest = RESULTS / "latest-profile"
+        if latest.is_symlink() or latest.exists():
+            latest.unlink()
+        latest.symlink_to(stamp)
         print(text)
         print(f"bench: wrote {outdir.relative_to(ROOT)}/profile.md and raw py-spy stacks")
         return 0
@@ -1279,7 +1346,7 @@ def summarize_profile(stacks: dict[str, int], m: dict[str, Any], target: str, ce
         f"# Profile: {target}, {cell}, 64 connections (py-spy, both workers, 250 Hz, non-blocking)", "",
         f"Under the profiler: {m['rps']:,.0f} req/s, p99 {m['p99_ms']:.1f} ms, proxy CPU "
         f"{(m['cpu_proxy_s'] or 0) / max(1, m['requests']) * 1e6:.0f} µs per request; {total} samples (idle excluded).", "",
-        "## Where the time goes (each sample charged to the innermost area on its stack)", "",
+        "## Where the time goes (each sample charged to one area: the stale-connection check and metrics wherever they are on its stack, else the innermost)", "",
         "| area | share |", "|---|---|",
     ]
     for a, n in sorted(area.items(), key=lambda kv: -kv[1]):
@@ -1295,22 +1362,35 @@ def summarize_profile(stacks: dict[str, int], m: dict[str, Any], target: str, ce
 
 AREAS = [
     ("wsgiproxy/pool.py", "wsgiproxy: pool"),
+    ("wsgiproxy/response.py", "wsgiproxy: response head parsing"),
     ("wsgiproxy/upstream.py", "wsgiproxy: upstream client (send/finish)"),
     ("wsgiproxy/forwarding.py", "wsgiproxy: forwarding (headers, body relay)"),
     ("wsgiproxy/routing.py", "wsgiproxy: routing"),
     ("wsgiproxy/app.py", "wsgiproxy: dispatch"),
-    ("urllib3/", "urllib3 (request writing, response parsing)"),
-    ("http/client.py", "http.client (response parsing)"),
+    ("urllib3/", "urllib3"),
+    ("http/client.py", "http.client (request writing, getresponse)"),
     ("email/", "http.client header parsing (email.parser)"),
     ("gunicorn/", "gunicorn (request parsing, response writing)"),
     ("gevent/", "gevent (hub, sockets, greenlet switches)"),
     ("logging/", "logging"),
     ("ssl.py", "ssl"),
     ("socket.py", "socket"),
+    ("wsgiproxy/", "wsgiproxy: other"),
+    ("flask/", "flask"),
+]
+
+
+#: Charged to these whenever they are anywhere on the stack (what they call is theirs).
+WHOLE_STACK = [
+    ("urllib3/util/wait.py", "stale-connection check (urllib3 wait_for_read -> gevent poll)"),
+    ("prometheus_client/", "prometheus_client (metrics)"),
 ]
 
 
 def classify(keys: list[str]) -> str:
+    for marker, name in WHOLE_STACK:
+        if any(marker in k for k in keys):
+            return name
     for k in reversed(keys):
         for marker, name in AREAS:
             if marker in k:
@@ -1323,24 +1403,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one short repetition (< 3 min)")
     ap.add_argument("--reps", type=int, help="repetitions (default 3; quick 1)")
-    ap.add_argument("--duration", type=float, help="seconds per measured run (default 3; quick 1)")
-    ap.add_argument("--warmup", type=float, help="seconds of warm-up per proxy and cell in the first repetition")
-    ap.add_argument("--queue-duration", type=float, help="seconds of each queue-pressure run (default 10; quick 5)")
+    ap.add_argument("--duration", type=int, help="seconds per measured run (default 3; quick 1)")
+    ap.add_argument("--warmup", type=int, help="seconds of warm-up per proxy and cell in the first repetition")
+    ap.add_argument("--queue-duration", type=int, help="seconds of each queue-pressure run (default 10; quick 5)")
     ap.add_argument("--only", help=f"comma-separated proxies to run besides wsgiproxy ({', '.join(PROXIES)}; 'queue')")
     ap.add_argument("--cells", help="comma-separated cell names, e.g. '100B c64,HTTPS 100B c64'")
     ap.add_argument("--no-queue", action="store_true", help="skip the queue-pressure run")
     ap.add_argument("--no-memory", action="store_true", help="skip the 50 MB response check")
     ap.add_argument("--budget", type=float, help="minutes after which no new repetition starts (default 17; quick 2.5)")
+    ap.add_argument("--live-tree", action="store_true", help="run wsgiproxy from the work tree, not a snapshot of it")
     ap.add_argument("--profile", action="store_true", help="profile wsgiproxy's workers with py-spy under load instead")
     ap.add_argument("--profile-proxy", default="wsgiproxy")
-    ap.add_argument("--profile-cell", default="100b", help="100b, 100k or https")
+    ap.add_argument("--profile-cell", default="100b", help="100b, 100k, https or forward (all at 64 connections)")
     ap.add_argument("--profile-seconds", type=float, default=12)
     args = ap.parse_args()
     q = args.quick
     args.reps = args.reps or (1 if q else 3)
-    args.duration = args.duration or (1.0 if q else 3.0)
-    args.warmup = args.warmup if args.warmup is not None else (0.3 if q else 1.0)
-    args.queue_duration = args.queue_duration or (5.0 if q else 10.0)
+    args.duration = args.duration or (1 if q else 3)  # wrk takes whole seconds
+    args.warmup = args.warmup if args.warmup is not None else (0 if q else 1)
+    args.queue_duration = args.queue_duration or (5 if q else 10)
     args.budget = args.budget or (2.5 if q else 17.0)
     args.cells = [c.strip() for c in args.cells.split(",")] if args.cells else None
 

@@ -1,7 +1,9 @@
 """werkzeug's ``ProxyMiddleware`` in front of a Flask app, as werkzeug's docs show it.
 
-Every path is proxied (prefix ``/``); the middleware opens an ``http.client`` connection
-per request and streams the response back.
+Everything under ``/up/`` is proxied with the prefix removed (``/up/x`` -> ``UPSTREAM/x``),
+as in werkzeug's docs; the middleware cannot take ``/`` itself (it turns every prefix
+into ``/name/``, and ``/`` into ``//``). It opens an ``http.client`` connection per
+request and streams the response back.
 
 UPSTREAM: base URL. UPSTREAM_CA: CA file for an https upstream (an ``ssl_context``).
 """
@@ -19,8 +21,9 @@ app = Flask(__name__)
 app.wsgi_app = ProxyMiddleware(
     app.wsgi_app,
     {
-        "/": {
+        "/up/": {
             "target": UPSTREAM,
+            "remove_prefix": True,
             "ssl_context": ssl.create_default_context(cafile=CA) if CA else None,
         }
     },

@@ -2,11 +2,16 @@
 -- mode sends absolute-form requests (the request line carries the whole URL).
 --   wrk ... -s wrk_report.lua http://proxy:port/ -- [ABSOLUTE_URL]
 -- wrk.init calls init() before it formats the request, so wrk.path set here is what
--- goes on the request line, byte for byte.
+-- goes on the request line, byte for byte. Host then names the URL's authority, as
+-- curl -x and browsers send it (RFC 9112 3.2.2), not the proxy's address.
 
 function init(args)
    if args[1] ~= nil and args[1] ~= "" then
       wrk.path = args[1]
+      local authority = string.match(args[1], "^%a+://([^/?#]+)")
+      if authority then
+         wrk.headers["Host"] = authority
+      end
    end
 end
 

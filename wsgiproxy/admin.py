@@ -109,7 +109,8 @@ class ProxyState:
         return {"checked_out": len(held), "in_flight": len(in_flight), "held_past_request": stale}
 
 
-def _plain(status: int, message: str, kind: str) -> Response:
+def plain_flask_response(status: int, message: str, kind: str) -> Response:
+    """``forwarding.plain_response`` as a Flask response, for the admin side."""
     captured: dict[str, Any] = {}
 
     def start_response(status_line: str, headers: list[tuple[str, str]]) -> None:
@@ -129,7 +130,7 @@ def admin_blueprint(state: ProxyState) -> Blueprint:
     def _allowed_clients_only() -> Response | None:
         client = request.remote_addr or ""
         if client and not settings.client_allowed(client):
-            return _plain(
+            return plain_flask_response(
                 403,
                 f"client {client} may not use the admin endpoints (PROXY_ALLOW_CLIENTS)",
                 "forbidden",

@@ -22,7 +22,7 @@ from typing import Any
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from .admin import DecisionLog, ProxyState, _plain, admin_blueprint
+from .admin import DecisionLog, ProxyState, admin_blueprint, plain_flask_response
 from .auth import ProxyAuth
 from .config import Settings, load_settings
 from .forwarding import Forwarder, StartResponse
@@ -116,7 +116,7 @@ def create_app(settings: Settings | None = None, *, start_health: bool = True) -
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
-        return _plain(code, exc.description or exc.name, "admin-" + str(code))
+        return plain_flask_response(code, exc.description or exc.name, "admin-" + str(code))
 
     app.wsgi_app = Dispatcher(  # type: ignore[method-assign]
         app.wsgi_app, forwarder, settings.admin_prefix

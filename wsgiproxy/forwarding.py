@@ -29,9 +29,10 @@ from .errors import (
     UpstreamProtocolError,
 )
 from .metrics import Metrics
+from .pool import format_origin
 from .routing import Router, raw_target
 from .tunnel import Tunnels
-from .upstream import Exchange, RequestBody, UpstreamClient, origin_text
+from .upstream import Exchange, RequestBody, UpstreamClient
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ class Forwarder:
         Raises UpstreamProtocolError (502) for a header a client must not receive.
         """
         response = exchange.response
-        where = origin_text(exchange.origin)
+        where = format_origin(exchange.origin)
         index = response.headers.index
         if "transfer-encoding" in index and "content-length" in index:
             # Which framing did the client's side see? Ambiguous, so refused (as nginx).
@@ -354,7 +355,7 @@ class ResponseBody:
                 "%s %s: upstream %s response %s mid-body: %s; aborting the client's response",
                 self._method,
                 self._raw[:200],
-                origin_text(self._exchange.origin),
+                format_origin(self._exchange.origin),
                 "timed out" if timed_out else "broke off",
                 " ".join(str(exc).split())[:200],
             )

@@ -26,7 +26,8 @@ from typing import Any
 
 from .config import Settings, UpstreamURL
 from .metrics import Metrics
-from .upstream import UpstreamClient, is_dropped, origin_text
+from .pool import format_origin
+from .upstream import UpstreamClient, is_dropped
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class HealthMonitor:
             log.info("health thread closed %d idle connection(s) the upstream dropped", closed)
 
     def _probe_url(self, upstream: UpstreamURL) -> str:
-        return f"{origin_text(upstream.origin)}{upstream.path}{self.settings.health_path}"
+        return f"{format_origin(upstream.origin)}{upstream.path}{self.settings.health_path}"
 
     def probe_all(self) -> None:
         if not self.settings.health_path:

@@ -44,7 +44,7 @@ from .errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from .pool import Decision, Lease, Limits, Pool, PoolTimeout
+from .pool import Lease, Limits, Pool, PoolTimeout, format_origin
 from .response import UpstreamResponse
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,6 @@ BLOCK = 64 * 1024
 # Errors that mean "the peer closed or reset the socket": on a reused connection before
 # any response byte, that is the keep-alive race, not an answer from the upstream.
 _STALE_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
-
-
-def origin_text(origin: Origin) -> str:
-    """``http://host:port`` for messages (IPv6 hosts bracketed)."""
-    scheme, host, port = origin
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}"
 
 
 class RequestBody:
@@ -430,7 +422,7 @@ class UpstreamClient:
                     log.info(
                         "reused connection to %s was closed by the upstream (%s); "
                         "sending %s %s again on a new connection",
-                        origin_text(origin),
+                        format_origin(origin),
                         type(exc).__name__,
                         method,
                         target[:200],
@@ -441,7 +433,7 @@ class UpstreamClient:
                 self.pool.discard(lease)
                 self.pool.note_error()
                 raise UpstreamProtocolError(
-                    f"upstream {origin_text(origin)} closed the connection before answering"
+                    f"upstream {format_origin(origin)} closed the connection before answering"
                     f" ({type(exc).__name__})"
                 ) from exc
             except TimeoutError as exc:
@@ -450,12 +442,12 @@ class UpstreamClient:
                 self.pool.note_error()
                 if sending:
                     message = (
-                        f"upstream {origin_text(origin)} took the request body no faster than"
+                        f"upstream {format_origin(origin)} took the request body no faster than"
                         f" {settings.write_timeout:g}s per block (HTTP_WRITE_TIMEOUT)"
                     )
                 else:
                     message = (
-                        f"upstream {origin_text(origin)} sent no response within "
+                        f"upstream {format_origin(origin)} sent no response within "
                         f"{settings.read_timeout:g}s (HTTP_READ_TIMEOUT)"
                     )
                 raise UpstreamTimeout(message) from exc
@@ -464,7 +456,7 @@ class UpstreamClient:
                 self.pool.discard(lease)
                 self.pool.note_error()
                 raise UpstreamProtocolError(
-                    f"upstream {origin_text(origin)} sent an invalid response: {_one_line(exc)}"
+                    f"upstream {format_origin(origin)} sent an invalid response: {_one_line(exc)}"
                 ) from exc
             return Exchange(response, conn, lease, origin, lease.reused, pool_wait)
 
@@ -590,7 +582,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _connect_error(origin: Origin, settings: Settings, exc: BaseException) -> Exception:
     """Map a failed connect to what the client sees: 504 for a timeout, else 502."""
-    where = origin_text(origin)
+    where = format_origin(origin)
     # NewConnectionError subclasses ConnectTimeoutError in urllib3 2.x: test it first,
     # or refused connections would turn into 504s.
     if isinstance(exc, NameResolutionError):
@@ -617,12 +609,10 @@ def _connect_error(origin: Origin, settings: Settings, exc: BaseException) -> Ex
 
 
 __all__ = [
-    "Decision",
     "Exchange",
     "OriginPool",
     "ProxyPoolManager",
     "RequestBody",
     "UpstreamClient",
     "keepalive_timeout",
-    "origin_text",
 ]

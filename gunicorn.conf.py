@@ -77,6 +77,14 @@ access_log_format = (
 # gevent patched); post_fork runs before patching, so nothing is built there.
 
 
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """In each worker, once gevent has patched and the app has loaded: send each
+    response's head with its first body bytes (see wsgiproxy/serving.py)."""
+    from wsgiproxy.serving import install
+
+    install()
+
+
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     """Stop the worker's health thread and close its idle upstream connections."""
     app = getattr(worker, "wsgi", None)

@@ -20,6 +20,7 @@ import http.client
 import logging
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -138,13 +139,33 @@ class RequestBody:
         return data
 
 
-class ProxyHTTPConnection(HTTPConnection):
+class _SendOnce:
+    """http.client's ``send`` for bytes: one ``send`` call, ``sendall`` only for a rest.
+
+    A request head fits the socket buffer whole; gevent's ``sendall`` first asks the
+    kernel for the buffer size (one more system call per request) and keeps a deadline.
+    """
+
+    sock: Any
+
+    def send(self, data: Any) -> None:
+        sock = self.sock
+        if sock is None or type(data) is not bytes:
+            super().send(data)  # type: ignore[misc]
+            return
+        sys.audit("http.client.send", self, data)
+        sent = sock.send(data)
+        if sent < len(data):
+            sock.sendall(memoryview(data)[sent:])
+
+
+class ProxyHTTPConnection(_SendOnce, HTTPConnection):
     """urllib3's connection, reading response heads with ``UpstreamResponse``."""
 
     response_class = UpstreamResponse
 
 
-class ProxyHTTPSConnection(HTTPSConnection):
+class ProxyHTTPSConnection(_SendOnce, HTTPSConnection):
     """urllib3's TLS connection, reading response heads with ``UpstreamResponse``."""
 
     response_class = UpstreamResponse

@@ -76,6 +76,7 @@ PROXIES: dict[str, str] = {
     "direct": "no proxy: wrk straight to the upstream",
     "bare": "bare WSGI app answering 100 B (gevent x2): the stack's ceiling",
     "proxypy": "proxy.py forward proxy (2 workers, 2 acceptors; own venv)",
+    "wsgiproxy-x": "wsgiproxy with --x-env settings (an experiment; only when named in --only)",
 }
 WSGI_ALTERNATIVES = ["flask-requests", "flask-urllib3", "werkzeug", "wsgiproxy2"]
 REVERSE = [
@@ -102,9 +103,9 @@ class Cell:
     @property
     def proxies(self) -> list[str]:
         if self.forward:
-            return ["wsgiproxy", "proxypy"]
+            return ["wsgiproxy", "wsgiproxy-x", "proxypy"]
         extra = ["bare"] if self.path == "/100b.bin" and self.upstream == "http" else []
-        return REVERSE + extra
+        return REVERSE + ["wsgiproxy-x"] + extra
 
 
 CELLS = [
@@ -485,6 +486,7 @@ class Bench:
     client_ctx: ssl.SSLContext | None = None
     venv: dict[str, Path] = field(default_factory=dict)
     product_dir: Path = ROOT
+    x_env: dict[str, str] = field(default_factory=dict)
     product_digest: str = ""
     product_commit: str = ""
 
@@ -612,6 +614,10 @@ http {{{common}
             "PROXY_WORKERS": str(WORKERS),
             "PROXY_WORKER_CLASS": "gevent",
             "PROXY_ACCESS_LOG": "",
+            # The idle capacity of the flask-urllib3 baseline's PoolManager(maxsize=100), as
+            # the README's tuning section advises past ~20 clients per worker: the default,
+            # 20, closes and reopens connections at 64 clients and more.
+            "HTTP_MAX_KEEPALIVE_CONNECTIONS": "100",
         }
         if upstream:
             settings["PROXY_UPSTREAM"] = self.upstream_url(upstream)
@@ -658,6 +664,8 @@ http {{{common}
             proc = self._wsgiproxy(name, upstream, port, HTTP_POOL_ENABLED="0")
         elif proxy == "wsgiproxy-gthread":
             proc = self._wsgiproxy(name, upstream, port, PROXY_WORKER_CLASS="gthread")
+        elif proxy == "wsgiproxy-x":
+            proc = self._wsgiproxy(name, upstream, port, **self.x_env)
         elif proxy == "wsgiproxy-q8":
             proc = self._wsgiproxy(name, upstream, port, HTTP_MAX_CONNECTIONS=str(QUEUE_LIMIT))
         elif proxy == "flask-requests":
@@ -1076,7 +1084,8 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
         if unknown:
             raise SystemExit(f"bench: unknown --only {sorted(unknown)}; choose from {', '.join(PROXIES)}")
         only.add(OURS)
-    want = lambda p: only is None or p in only  # noqa: E731
+    want = lambda p: (only is None and p != "wsgiproxy-x") or (only is not None and p in only)  # noqa: E731
+    bench.x_env = dict(kv.split("=", 1) for kv in args.x_env.split(",") if kv) if args.x_env else {}
 
     ensure_system_tools()
     if want("wsgiproxy2"):
@@ -1263,6 +1272,7 @@ def run_profile(args: argparse.Namespace) -> int:
     atexit.register(procs.stop_all)
     atexit.register(shutil.rmtree, tmp, True)
     bench = Bench(args, procs, tmp, outdir)
+    bench.x_env = dict(kv.split("=", 1) for kv in args.x_env.split(",") if kv) if args.x_env else {}
     try:
         ensure_system_tools()
         bench.venv["tools"] = ensure_venv("tools")
@@ -1408,6 +1418,7 @@ def main() -> int:
     ap.add_argument("--queue-duration", type=int, help="seconds of each queue-pressure run (default 10; quick 5)")
     ap.add_argument("--only", help=f"comma-separated proxies to run besides wsgiproxy ({', '.join(PROXIES)}; 'queue')")
     ap.add_argument("--cells", help="comma-separated cell names, e.g. '100B c64,HTTPS 100B c64'")
+    ap.add_argument("--x-env", default="", help="K=V,... settings of the wsgiproxy-x experiment (name it in --only)")
     ap.add_argument("--no-queue", action="store_true", help="skip the queue-pressure run")
     ap.add_argument("--no-memory", action="store_true", help="skip the 50 MB response check")
     ap.add_argument("--budget", type=float, help="minutes after which no new repetition starts (default 17; quick 2.5)")

@@ -59,6 +59,26 @@ def curl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A 127.0.0.1 port whose accept queue is full: further connects are never answered
+    (the SYN is dropped), so a client's connect timeout is what ends them."""
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        fillers = []
+        try:
+            for _ in range(8):
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(full.getsockname())
+                fillers.append(filler)
+            yield int(full.getsockname()[1])
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll ``predicate`` until true; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -16,7 +16,15 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.conftest import Proxy, Reply, curl, needs_curl, request, wait_until
+from tests.conftest import (
+    Proxy,
+    Reply,
+    curl,
+    needs_curl,
+    request,
+    unanswered_port,
+    wait_until,
+)
 from tests.upstream import UpstreamServer
 
 WORKERS = ["gevent", "gthread"]
@@ -133,23 +141,10 @@ def test_connect_refusals(
 @pytest.mark.parametrize("worker_class", WORKERS)
 def test_connect_timeout_is_504(proxies: Callable[..., Proxy], worker_class: str) -> None:
     """A destination that never accepts gives 504 after HTTP_CONNECT_TIMEOUT."""
-    with socket.socket() as full:
-        full.bind(("127.0.0.1", 0))
-        full.listen(0)
-        port = full.getsockname()[1]
-        fillers = []
-        try:
-            for _ in range(8):  # fill the accept queue so further SYNs go unanswered
-                filler = socket.socket()
-                filler.setblocking(False)
-                filler.connect_ex(("127.0.0.1", port))
-                fillers.append(filler)
-            proxy = proxies(worker_class, PROXY_CONNECT_PORTS=str(port), HTTP_CONNECT_TIMEOUT="0.5")
-            sock, head = open_tunnel(proxy.port, f"127.0.0.1:{port}")
-            sock.close()
-        finally:
-            for filler in fillers:
-                filler.close()
+    with unanswered_port() as port:
+        proxy = proxies(worker_class, PROXY_CONNECT_PORTS=str(port), HTTP_CONNECT_TIMEOUT="0.5")
+        sock, head = open_tunnel(proxy.port, f"127.0.0.1:{port}")
+        sock.close()
     assert head.startswith(b"HTTP/1.1 504"), head
 
 

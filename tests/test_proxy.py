@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Proxy, Reply, raw_exchange, request, start_gunicorn, wait_until
+from tests.conftest import (
+    Proxy,
+    Reply,
+    raw_exchange,
+    request,
+    start_gunicorn,
+    unanswered_port,
+    wait_until,
+)
 from tests.upstream import UpstreamServer
 
 MAX_BODY = 1024 * 1024
@@ -390,6 +398,24 @@ def test_chunked_body_over_limit_is_413_and_upstream_connection_closed(
 def test_refused_upstream_is_502(proxy: Proxy) -> None:
     """An upstream that refuses connections gives 502 upstream-refused, one line."""
     assert_proxy_error(get(proxy, "/dead/x"), 502, "upstream-refused")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_upstream_by_address_or_by_name(tmp_path: Path, up: UpstreamServer, host: str) -> None:
+    """An IP address is dialled directly, a name through the resolver: both must reach
+    the upstream, and both give 502 when refused and 504 when never answered."""
+    with unanswered_port() as silent:
+        routes = f"/ok=http://{host}:{up.port}/echo,/dead=http://{host}:{_dead_port()}"
+        routes += f",/silent=http://{host}:{silent}"
+        proxy = start_gunicorn(tmp_path, "gevent", PROXY_ROUTES=routes, HTTP_CONNECT_TIMEOUT="0.5")
+        try:
+            reply = get(proxy, "/ok")
+            assert reply.status == 200, reply.body
+            assert_proxy_error(get(proxy, "/dead/x"), 502, "upstream-refused")
+            assert_proxy_error(get(proxy, "/silent/x"), 504, "upstream-timeout")
+            assert proxy.settled()["pool"]["active"] == 0
+        finally:
+            proxy.stop()
 
 
 def test_upstream_read_timeout_is_504(proxy: Proxy) -> None:

@@ -22,6 +22,10 @@ _HEADER_LINE = re.compile(
 )
 # A continuation (obs-fold) line: leading space or tab, then the same characters.
 _FOLD_LINE = re.compile(rb"[ \t]+([\t\x20-\x7e\x80-\xff]*?)[ \t]*\r?\n")
+# The fast path: a whole block of plain CRLF header lines and the blank line ending it.
+_PLAIN_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n")
+# Splits a block _PLAIN_BLOCK accepted (so every character is already known good).
+_PLAIN_FIELD = re.compile(rb"([^:]+):[ \t]*([^\r]*)\r\n")
 _MAX_LINE = 65536
 _MAX_HEADERS = 100
 
@@ -62,14 +66,13 @@ class UpstreamResponse(http.client.HTTPResponse):
             return
         fp = self.fp
         while True:
-            version, status, reason = self._status_line(fp.readline(_MAX_LINE + 1))
+            version, status, reason, items = self._head(fp)
             if status >= 200 or status == 101:
-                break
-            self._header_lines(fp)  # 1xx interim responses (100, 103...) are skipped
+                break  # 1xx interim responses (100, 103...) are skipped
         self.code = self.status = status
         self.reason = reason
         self.version = 10 if version in ("HTTP/1.0", "HTTP/0.9") else 11
-        self.headers = self.msg = Headers(self._header_lines(fp))
+        self.headers = self.msg = Headers(items)
         coding = self.headers.get("transfer-encoding")
         self.chunked = bool(coding) and coding.strip().lower() == "chunked"
         self.chunk_left = None
@@ -85,6 +88,30 @@ class UpstreamResponse(http.client.HTTPResponse):
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True
+
+    def _head(self, fp: Any) -> tuple[str, int, str, list[tuple[str, str]]]:
+        """One response head: status line and header lines.
+
+        The common case, a head already buffered whole with plain ``name: value`` CRLF
+        lines, is checked and split in two regex passes over the buffer; anything else
+        (a head split across reads, obs-fold, bare LF, a malformed line) is read line by
+        line, which gives the same result or the same error.
+        """
+        buf = fp.peek(_MAX_LINE) if hasattr(fp, "peek") else b""
+        start = buf.find(b"\n") + 1  # the status line must end in CRLF too
+        end = buf.find(b"\r\n\r\n", start - 2) if start > 1 and buf[start - 2] == 13 else -1
+        if end >= 0 and _PLAIN_BLOCK.fullmatch(buf, start, end + 4) is not None:
+            block = fp.read(end + 4)
+            version, status, reason = self._status_line(block[:start])
+            items = [
+                (name.decode("ascii"), value.rstrip(b" \t").decode("iso-8859-1"))
+                for name, value in _PLAIN_FIELD.findall(block, start)
+            ]
+            if len(items) > _MAX_HEADERS:
+                raise http.client.HTTPException(f"more than {_MAX_HEADERS} response headers")
+            return version, status, reason, items
+        version, status, reason = self._status_line(fp.readline(_MAX_LINE + 1))
+        return version, status, reason, self._header_lines(fp)
 
     def _status_line(self, line: bytes) -> tuple[str, int, str]:
         if not line:

@@ -19,17 +19,24 @@ import pytest
 from gunicorn import util as gunicorn_util
 from gunicorn.http import wsgi as gunicorn_wsgi
 
-from wsgiproxy.serving import COALESCE_LIMIT, CoalescingResponse
+from wsgiproxy.serving import COALESCE_LIMIT, CoalescingResponse, http_date
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGINAL_RESPONSE = gunicorn_wsgi.Response
 
 
 class RecordingSocket:
-    """Records each sendall: what a client would receive, and in how many sends."""
+    """Records each send: what a client would receive, and in how many calls. ``limit``
+    makes ``send`` take only that many bytes, as a full socket buffer does."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self.sends: list[bytes] = []
+        self.limit = limit
+
+    def send(self, data: bytes) -> int:
+        taken = bytes(data[: self.limit] if self.limit else data)
+        self.sends.append(taken)
+        return len(taken)
 
     def sendall(self, data: bytes) -> None:
         self.sends.append(bytes(data))
@@ -40,19 +47,37 @@ class RecordingSocket:
 
 
 def _serve(
-    cls: Any, status: str, headers: list[tuple[str, str]], body: list[bytes], method: str = "GET"
+    cls: Any,
+    status: str,
+    headers: list[tuple[str, str]],
+    body: list[bytes],
+    method: str = "GET",
+    limit: int | None = None,
 ) -> RecordingSocket:
     """Drive a response the way gunicorn's workers do: start_response, write each
     chunk, close."""
     req = SimpleNamespace(version=(1, 1), method=method, should_close=lambda: False)
     cfg = SimpleNamespace(sendfile=False, is_ssl=False)
-    sock = RecordingSocket()
+    sock = RecordingSocket(limit)
     response = cls(req, sock, cfg)
     response.start_response(status, headers)
     for chunk in body:
         response.write(chunk)
     response.close()
     return sock
+
+
+ORIGINAL_HTTP_DATE = gunicorn_util.http_date
+
+
+def test_the_cached_date_is_gunicorns_date() -> None:
+    """The Date a client sees is what gunicorn would write, now and for a given time."""
+    for _ in range(3):
+        before, ours, after = ORIGINAL_HTTP_DATE(), http_date(), ORIGINAL_HTTP_DATE()
+        if before == after:  # not across a second boundary
+            break
+    assert ours == before == after
+    assert http_date(0) == ORIGINAL_HTTP_DATE(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
 
 
 @pytest.fixture(autouse=True)
@@ -90,6 +115,14 @@ def test_the_client_receives_exactly_what_gunicorn_would_send(case: str) -> None
     assert len(ours.sends) <= len(theirs.sends)
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_send_that_takes_part_is_completed(case: str) -> None:
+    status, headers, body, method = CASES[case]
+    ours = _serve(CoalescingResponse, status, headers, body, method, limit=7)
+    theirs = _serve(ORIGINAL_RESPONSE, status, headers, body, method)
+    assert ours.wire == theirs.wire
+
+
 def test_a_small_response_goes_out_in_one_send() -> None:
     body = b"x" * 100
     sock = _serve(CoalescingResponse, "200 OK", [("Content-Length", "100")], [body])
@@ -118,7 +151,8 @@ def test_gunicorn_conf_installs_it_in_the_worker_hook(tmp_path: Path) -> None:
         "conf = runpy.run_path('gunicorn.conf.py')\n"
         "assert w.Response.__name__ == 'Response', 'patched in the master'\n"
         "conf['post_worker_init'](None)\n"
-        "print(w.Response.__name__)\n"
+        "import gunicorn.util as u\n"
+        "print(w.Response.__name__, u.http_date.__module__)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "HTTP_"))}
     env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
@@ -126,4 +160,4 @@ def test_gunicorn_conf_installs_it_in_the_worker_hook(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "CoalescingResponse"
+    assert out.stdout.strip() == "CoalescingResponse wsgiproxy.serving"

@@ -8,15 +8,19 @@ a proxied request's CPU. ``CoalescingResponse`` keeps gunicorn's header renderin
 bookkeeping and changes only when the head goes out: it is held back and sent in the
 same call as the first body bytes, or when the response closes with no body.
 
-``install()`` puts it in place for the gunicorn worker it runs in (gunicorn.conf.py calls
+It also formats gunicorn's ``Date`` header once a second instead of once a response.
+
+``install()`` puts both in place for the gunicorn worker it runs in (gunicorn.conf.py calls
 it from ``post_worker_init``, after gevent has patched). gunicorn builds each response
 through ``gunicorn.http.wsgi.create``, which looks ``Response`` up in its module.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from gunicorn import util as gunicorn_util  # type: ignore[import-untyped]
 from gunicorn.http import wsgi as gunicorn_wsgi  # type: ignore[import-untyped]
 
 #: Body bytes sent together with the head; a longer first write goes out separately
@@ -71,7 +75,11 @@ class CoalescingResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
         self._pending_head = None
         if self.chunked:
             data = b"%X\r\n%s\r\n" % (len(data), data) if data else b""
-        self.sock.sendall(head + data)
+        data = head + data
+        # One send call: gevent's sendall would first ask the kernel for SO_SNDBUF.
+        sent = self.sock.send(data)
+        if sent < len(data):
+            self.sock.sendall(memoryview(data)[sent:])
 
     def sendfile(self, respiter: Any) -> bool:
         # gunicorn's sendfile writes to the socket itself once the head is out.
@@ -87,6 +95,26 @@ class CoalescingResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
         super().close()
 
 
+_format_date = gunicorn_util.http_date
+_date_cache: tuple[int, str] = (0, "")
+
+
+def http_date(timestamp: float | None = None) -> str:
+    """gunicorn's ``Date`` value, formatted once a second rather than once a response
+    (as nginx does): ``email.utils`` formatting cost 1% of a proxied request."""
+    global _date_cache
+    if timestamp is not None:
+        return str(_format_date(timestamp))
+    now = time.time()
+    second, text = _date_cache
+    if int(now) != second:
+        text = str(_format_date(now))
+        _date_cache = (int(now), text)
+    return text
+
+
 def install() -> None:
-    """Make gunicorn build ``CoalescingResponse`` in this process (idempotent)."""
+    """Make gunicorn build ``CoalescingResponse`` and date responses with the cached
+    ``http_date`` in this process (idempotent)."""
     gunicorn_wsgi.Response = CoalescingResponse
+    gunicorn_util.http_date = http_date

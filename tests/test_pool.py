@@ -376,6 +376,19 @@ def test_queued_request_is_woken_when_served() -> None:
     assert script.events[-1].flag and lease.conn is held.conn and lease.reused
 
 
+def test_release_says_whether_it_woke_a_queued_request() -> None:
+    """The client yields after a hand-off so the woken request goes upstream first; a
+    wrong answer would either never yield or yield on every response."""
+    pool, _, script, _ = new_pool(Limits(1, 1, 10.0))
+    held = hold(pool, A)
+    woke: list[bool] = []
+    script.steps.append(lambda: woke.append(pool.release(held, reusable=True)) or True)
+    lease = pool.acquire(A, timeout=1.0)
+    assert woke == [True]
+    assert pool.release(lease, reusable=True) is False  # nobody queued: kept idle
+    pool.check_invariants()
+
+
 def test_waiter_served_as_its_wait_runs_out_takes_the_connection() -> None:
     """A wake-up racing the timeout would leak the connection and fail the request."""
     pool, _, script, seen = new_pool(Limits(1, 1, 10.0))

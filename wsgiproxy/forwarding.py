@@ -13,7 +13,6 @@ import errno
 import functools
 import http.client
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
@@ -32,7 +31,7 @@ from .metrics import Metrics
 from .pool import format_origin
 from .routing import Router, raw_target
 from .tunnel import Tunnels
-from .upstream import Exchange, RequestBody, UpstreamClient
+from .upstream import Exchange, RequestBody, UpstreamClient, cooperative_yield
 
 log = logging.getLogger(__name__)
 
@@ -109,23 +108,6 @@ def plain_response(
     return [body]
 
 
-def _cooperative_yield() -> Callable[[], None] | None:
-    """Under gevent, a way to let other greenlets run after each response.
-
-    gunicorn's gevent worker reads a keep-alive client's next request straight after
-    the response; when it is already buffered no call blocks, so one busy connection can
-    keep the loop for many requests while the others wait (p99 of seconds at 256
-    clients). Yielding once per response serves connections in turn. Threads need not.
-    """
-    if "gevent" not in sys.modules:
-        return None
-    from gevent import monkey, sleep  # type: ignore[import-untyped]
-
-    if not monkey.is_module_patched("socket"):
-        return None
-    return lambda: sleep(0)
-
-
 class Forwarder:
     """The WSGI callable that proxies one request; one per app.
 
@@ -147,7 +129,7 @@ class Forwarder:
         self.metrics = metrics
         self.router = Router(settings, auth)
         self.tunnels = Tunnels(settings, self.router)
-        self.cooperate = _cooperative_yield()
+        self.cooperate = cooperative_yield()
         self.via = "wsgiproxy"
         #: Requests being answered: id(environ) -> start (time.monotonic()).
         self.in_flight: dict[int, float] = {}

@@ -673,13 +673,15 @@ class Pool(Generic[C]):
         """The caller could not open the connection: its slot goes to the next waiter."""
         self._run(lambda now: self._state.connect_failed(lease, now))
 
-    def release(self, lease: Lease[C], *, reusable: bool, expires_in: float | None = None) -> None:
+    def release(self, lease: Lease[C], *, reusable: bool, expires_in: float | None = None) -> bool:
         """Give the connection back. reusable=False (error, response not fully read,
         `Connection: close`, pool disabled) closes it. `expires_in` (from the upstream's
-        `Keep-Alive: timeout=N`, minus a margin) shortens how long it stays idle."""
-        self._run(
+        `Keep-Alive: timeout=N`, minus a margin) shortens how long it stays idle.
+        True when this woke a queued request (handed it this connection or a slot)."""
+        tr = self._run(
             lambda now: self._state.release(lease, now, reusable=reusable, expires_in=expires_in)
         )
+        return bool(tr.wake)
 
     def renew(self, lease: Lease[C]) -> Lease[C]:
         """Close the lease's dead connection and return a lease on a new slot for the same

@@ -65,7 +65,7 @@ QUEUE_CLIENTS = 1000
 OURS = "wsgiproxy"
 #: name -> (label for the README, in which cells it runs)
 PROXIES: dict[str, str] = {
-    "wsgiproxy": "wsgiproxy, gevent x2, pool on (defaults)",
+    "wsgiproxy": "wsgiproxy, gevent x2, pool on (defaults but HTTP_MAX_KEEPALIVE_CONNECTIONS=100)",
     "wsgiproxy-nopool": "wsgiproxy, HTTP_POOL_ENABLED=0: a new upstream connection per request",
     "wsgiproxy-gthread": "wsgiproxy under gthread x2 (32 threads each)",
     "flask-requests": "Flask + requests.request per request (gevent x2)",

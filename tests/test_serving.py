@@ -144,6 +144,29 @@ def test_a_streamed_response_sends_its_head_with_the_first_chunk_then_each_chunk
     assert sock.sends[1:] == [b"6\r\nsecond\r\n", b"0\r\n\r\n"]
 
 
+def test_a_gevent_worker_accepts_in_batches() -> None:
+    """With gunicorn's max_accept of 1, a busy worker took up to a second to accept a
+    burst of new clients (whose requests waited unread meanwhile)."""
+    code = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import socket\n"
+        "from wsgiproxy.serving import ACCEPT_BATCH, install\n"
+        "install(); install()\n"
+        "import gevent.server\nfrom gunicorn.workers import ggevent\n"
+        "listener = socket.socket(); listener.bind(('127.0.0.1', 0)); listener.listen()\n"
+        "server = ggevent.StreamServer(listener, handle=lambda *a: None)\n"
+        "server.max_accept = 1  # what gunicorn's GeventWorker.run does with 2+ workers\n"
+        "assert ACCEPT_BATCH > 1 and server.max_accept == ACCEPT_BATCH, server.max_accept\n"
+        "assert ggevent.StreamServer.__mro__[1] is gevent.server.StreamServer  # patched once\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
 def test_gunicorn_conf_installs_it_in_the_worker_hook(tmp_path: Path) -> None:
     # In a fresh interpreter: the master must not patch (the hook runs in each worker).
     code = (

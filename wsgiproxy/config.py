@@ -14,6 +14,7 @@ validation and attrs' name/expected/got messages.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -115,8 +116,12 @@ def _address(text: str) -> IPv4Address | IPv6Address | None:
     return addr
 
 
+@functools.lru_cache(maxsize=4096)
 def _in_networks(address: str, networks: tuple[Network, ...]) -> bool:
-    """True if ``address`` parses and lies inside one of ``networks``."""
+    """True if ``address`` parses and lies inside one of ``networks``.
+
+    Cached: asked on every forward request, and clients come back (parsing the address
+    cost 2% of a forwarded request)."""
     addr = _address(address)
     return addr is not None and any(addr in net for net in networks)
 

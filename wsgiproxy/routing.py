@@ -195,7 +195,9 @@ class Router:
         guard_private = not settings.allow_private and not is_local_client(
             environ.get("REMOTE_ADDR") or ""
         )
-        own = _own_address(environ)
+        # Only a destination on the port the client reached us on can be ourselves; the
+        # socket's own address (a system call) is looked up only then.
+        own = _own_address(environ) if environ.get("SERVER_PORT") == str(port) else None
         loop_risk = own is not None and own[1] == port
         if name_ok and not guard_private and not loop_risk:
             return None, None

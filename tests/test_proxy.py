@@ -418,6 +418,56 @@ def test_upstream_by_address_or_by_name(tmp_path: Path, up: UpstreamServer, host
             proxy.stop()
 
 
+def test_upstream_that_stops_reading_the_body_is_504_after_the_write_timeout(
+    tmp_path: Path,
+) -> None:
+    """HTTP_WRITE_TIMEOUT bounds each send: an upstream that accepts but never reads
+    would otherwise hold the upload (and its pooled connection) for HTTP_READ_TIMEOUT."""
+    with socket.socket() as deaf:  # the kernel accepts and buffers; nobody reads
+        deaf.bind(("127.0.0.1", 0))
+        deaf.listen(4)
+        port = deaf.getsockname()[1]
+        proxy = start_gunicorn(
+            tmp_path,
+            "gevent",
+            PROXY_UPSTREAM=f"http://127.0.0.1:{port}",
+            HTTP_WRITE_TIMEOUT="0.5",
+            HTTP_READ_TIMEOUT="60",
+            HTTP_CONNECT_TIMEOUT="60",  # neither of the others may stand in for it
+        )
+        try:
+            size = 64 * 1024 * 1024  # far more than the socket buffers on the way hold
+            client = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+            client.sendall(
+                f"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode()
+            )
+            block = b"u" * 65536
+            reply = b""
+            try:
+                for _ in range(size // len(block)):
+                    client.sendall(block)  # stalls once the proxy stops reading
+            except OSError:
+                pass  # the proxy gave up and closed (or, were it broken, our 10 s ran out)
+            try:
+                reply = client.recv(65536)
+            except OSError:
+                pass
+            finally:
+                client.close()
+            if reply:  # when the reset did not swallow it
+                assert reply.startswith(b"HTTP/1.1 504"), reply[:200]
+                assert b"HTTP_WRITE_TIMEOUT" in reply
+            wait_until(
+                lambda: 'kind="upstream-timeout"} 1.0'
+                in request(proxy.port, "GET", "/_proxy/metrics").body.decode(),
+                15,
+                "the proxy to count one upstream timeout",
+            )
+            assert proxy.settled()["pool"]["active"] == 0
+        finally:
+            proxy.stop()
+
+
 def test_upstream_read_timeout_is_504(proxy: Proxy) -> None:
     """An upstream slower than HTTP_READ_TIMEOUT gives 504 upstream-timeout."""
     assert_proxy_error(get(proxy, "/slow?delay=4"), 504, "upstream-timeout")

@@ -492,12 +492,12 @@ class UpstreamClient:
         while True:
             sending = True
             try:
-                conn.timeout = settings.write_timeout
+                # The socket's own timeout is what bounds each send and each read
+                # (http.client and urllib3 do not re-apply ``conn.timeout`` here).
+                conn.sock.settimeout(settings.write_timeout)
                 _send_request(conn, method, target, head, body, chunked)
                 sending = False
-                conn.timeout = settings.read_timeout
-                if conn.sock is not None:
-                    conn.sock.settimeout(settings.read_timeout)
+                conn.sock.settimeout(settings.read_timeout)
                 # http.client's own getresponse: the head is parsed by UpstreamResponse
                 # and the body read straight from it, without urllib3's response wrapper
                 # (its header checks and per-read bookkeeping cost more than the proxying).

@@ -458,8 +458,10 @@ def test_upstream_that_stops_reading_the_body_is_504_after_the_write_timeout(
                 assert reply.startswith(b"HTTP/1.1 504"), reply[:200]
                 assert b"HTTP_WRITE_TIMEOUT" in reply
             wait_until(
-                lambda: 'kind="upstream-timeout"} 1.0'
-                in request(proxy.port, "GET", "/_proxy/metrics").body.decode(),
+                lambda: (
+                    'kind="upstream-timeout"} 1.0'
+                    in request(proxy.port, "GET", "/_proxy/metrics").body.decode()
+                ),
                 15,
                 "the proxy to count one upstream timeout",
             )

@@ -131,6 +131,28 @@ def test_a_small_response_goes_out_in_one_send() -> None:
     assert sock.sends[0].endswith(b"\r\n\r\n" + body)
 
 
+def test_an_empty_first_write_sends_the_head_at_once() -> None:
+    """A WSGI app yields b"" to push the head out before a quiet stream: the client must
+    see it then, not when the first data comes."""
+    req = SimpleNamespace(version=(1, 1), method="GET", should_close=lambda: False)
+    sock = RecordingSocket()
+    response = CoalescingResponse(req, sock, SimpleNamespace(sendfile=False, is_ssl=False))
+    response.start_response("200 OK", [("Content-Type", "text/event-stream")])
+    response.write(b"")
+    assert len(sock.sends) == 1 and sock.sends[0].endswith(b"\r\n\r\n")
+    response.write(b"data: 1\n\n")
+    response.close()
+    assert (
+        sock.wire
+        == _serve(
+            ORIGINAL_RESPONSE,
+            "200 OK",
+            [("Content-Type", "text/event-stream")],
+            [b"", b"data: 1\n\n"],
+        ).wire
+    )
+
+
 def test_a_bodyless_response_sends_its_head_when_it_closes() -> None:
     sock = _serve(CoalescingResponse, "204 No Content", [], [])
     assert len(sock.sends) == 1

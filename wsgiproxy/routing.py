@@ -230,8 +230,8 @@ def _own_address(environ: dict[str, Any]) -> tuple[str, int] | None:
         try:
             name = sock.getsockname()
             return str(name[0]), int(name[1])
-        except (OSError, IndexError, TypeError):
-            pass
+        except (OSError, IndexError, TypeError, ValueError):
+            pass  # not a TCP socket (a unix socket's name is its path)
     try:
         return str(environ.get("SERVER_NAME", "")), int(environ.get("SERVER_PORT", 0))
     except ValueError:

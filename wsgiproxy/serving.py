@@ -72,6 +72,13 @@ class CoalescingResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
         if head:
             self.sock.sendall(head)
 
+    def write(self, arg: bytes) -> None:
+        super().write(arg)
+        if not arg:
+            # An empty write is how a WSGI app pushes the head out early (a stream
+            # about to go quiet): send it now, as gunicorn would.
+            self.flush_head()
+
     def _emit_body(self, data: bytes) -> None:
         head = self._pending_head
         if head is None or len(data) > COALESCE_LIMIT:
@@ -88,9 +95,15 @@ class CoalescingResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
             self.sock.sendall(memoryview(data)[sent:])
 
     def sendfile(self, respiter: Any) -> bool:
-        # gunicorn's sendfile writes to the socket itself once the head is out.
-        self.send_headers()
-        self.flush_head()
+        # gunicorn's sendfile writes to the socket itself once the head is out: send the
+        # head first, but only when it will get that far (else write() sends it).
+        if (
+            not self.cfg.is_ssl
+            and self.can_sendfile()
+            and gunicorn_util.has_fileno(respiter.filelike)
+        ):
+            self.send_headers()
+            self.flush_head()
         result: bool = super().sendfile(respiter)
         return result
 

@@ -162,7 +162,12 @@ class _SendOnce:
 
 
 def _ip_family(host: str) -> int | None:
-    """AF_INET or AF_INET6 when ``host`` is an IP address literal, else None."""
+    """AF_INET or AF_INET6 when ``host`` is an IP address literal, else None.
+
+    A scoped IPv6 address (``fe80::1%eth0``) is left to getaddrinfo, which resolves the
+    scope to an interface index; a plain (host, port) pair would lose it."""
+    if "%" in host:
+        return None
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -190,10 +195,11 @@ class _DirectConnect:
     def _new_conn(self) -> socket.socket:
         family = _ip_family(self._dns_host)
         if family is None:
-            sock: socket.socket = super()._new_conn()  # type: ignore[misc]
-            return sock
-        sock = socket.socket(family, socket.SOCK_STREAM)
+            resolved: socket.socket = super()._new_conn()  # type: ignore[misc]
+            return resolved
+        sock: socket.socket | None = None
         try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
             for option in self.socket_options or ():
                 sock.setsockopt(*option)
             if self.timeout is not _DEFAULT_TIMEOUT:
@@ -202,17 +208,20 @@ class _DirectConnect:
                 sock.bind(self.source_address)
             sock.connect((self._dns_host, self.port))
         except TimeoutError as exc:
-            sock.close()
+            if sock is not None:
+                sock.close()
             raise ConnectTimeoutError(
                 self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
             ) from exc
         except OSError as exc:
-            sock.close()
+            if sock is not None:
+                sock.close()
             raise NewConnectionError(
                 self,  # type: ignore[arg-type]
                 f"Failed to establish a new connection: {exc}",
             ) from exc
         sys.audit("http.client.connect", self, self.host, self.port)
+        assert sock is not None
         return sock
 
 

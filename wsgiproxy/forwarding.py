@@ -31,7 +31,7 @@ from .metrics import Metrics
 from .pool import format_origin
 from .routing import Router, raw_target
 from .tunnel import Tunnels
-from .upstream import Exchange, RequestBody, UpstreamClient, cooperative_yield
+from .upstream import Exchange, RequestBody, UpstreamClient
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class Forwarder:
         self.metrics = metrics
         self.router = Router(settings, auth)
         self.tunnels = Tunnels(settings, self.router)
-        self.cooperate = cooperative_yield()
+        self.cooperate = client.cooperate  # one decision per worker: gevent or threads
         self.via = "wsgiproxy"
         #: Requests being answered: id(environ) -> start (time.monotonic()).
         self.in_flight: dict[int, float] = {}

@@ -488,6 +488,8 @@ class Bench:
     product_dir: Path = ROOT
     x_env: dict[str, str] = field(default_factory=dict)
     product_digest: str = ""
+    x_dir: Path | None = None
+    x_digest: str = ""
     product_commit: str = ""
 
     # ---- files, certificates, upstreams ----
@@ -608,7 +610,9 @@ http {{{common}
         ]
         return self.procs.start(name, argv, env=clean_env(**env), cwd=BENCH)
 
-    def _wsgiproxy(self, name: str, upstream: str | None, port: int, **env: str) -> subprocess.Popen[bytes]:
+    def _wsgiproxy(
+        self, name: str, upstream: str | None, port: int, product_dir: Path | None = None, **env: str
+    ) -> subprocess.Popen[bytes]:
         settings = {
             "PROXY_BIND": f"127.0.0.1:{port}",
             "PROXY_WORKERS": str(WORKERS),
@@ -625,23 +629,32 @@ http {{{common}
                 settings["HTTP_CA_BUNDLE"] = self.ca_file
         settings.update(env)
         argv = [str(PRODUCT_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--no-control-socket", "wsgiproxy.app:app"]
-        return self.procs.start(name, argv, env=clean_env(**settings), cwd=self.product_dir)
+        return self.procs.start(name, argv, env=clean_env(**settings), cwd=product_dir or self.product_dir)
+
+    def _copy_product(self, source: Path, snap: Path) -> str:
+        """Copy a tree's wsgiproxy/ and gunicorn.conf.py to ``snap``; their digest."""
+        snap.mkdir()
+        shutil.copytree(source / "wsgiproxy", snap / "wsgiproxy", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(source / "gunicorn.conf.py", snap / "gunicorn.conf.py")
+        digest = hashlib.sha256()
+        for f in sorted(snap.rglob("*.py")):
+            digest.update(f.relative_to(snap).as_posix().encode() + b"\0" + f.read_bytes())
+        return digest.hexdigest()[:12]
 
     def snapshot_product(self) -> None:
         """Copy wsgiproxy/ and gunicorn.conf.py as they are now, and run every wsgiproxy
         instance from the copy: others edit the work tree while a run goes on, and all
         instances must run one and the same code (--live-tree runs the tree itself)."""
+        if getattr(self.args, "x_tree", None):
+            # wsgiproxy-x runs another version of the code (e.g. a `git worktree` of the
+            # commit before a change), so that a change is measured beside its "before".
+            self.x_dir = self.tmp / "product-x"
+            self.x_digest = self._copy_product(Path(self.args.x_tree).resolve(), self.x_dir)
         if self.args.live_tree:
             self.product_dir = ROOT
             return
         snap = self.tmp / "product"
-        snap.mkdir()
-        shutil.copytree(ROOT / "wsgiproxy", snap / "wsgiproxy", ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy2(ROOT / "gunicorn.conf.py", snap / "gunicorn.conf.py")
-        digest = hashlib.sha256()
-        for f in sorted(snap.rglob("*.py")):
-            digest.update(f.relative_to(snap).as_posix().encode() + b"\0" + f.read_bytes())
-        self.product_digest = digest.hexdigest()[:12]
+        self.product_digest = self._copy_product(ROOT, snap)
         self.product_commit = product_commit()
         self.product_dir = snap
 
@@ -665,7 +678,7 @@ http {{{common}
         elif proxy == "wsgiproxy-gthread":
             proc = self._wsgiproxy(name, upstream, port, PROXY_WORKER_CLASS="gthread")
         elif proxy == "wsgiproxy-x":
-            proc = self._wsgiproxy(name, upstream, port, **self.x_env)
+            proc = self._wsgiproxy(name, upstream, port, self.x_dir, **self.x_env)
         elif proxy == "wsgiproxy-q8":
             proc = self._wsgiproxy(name, upstream, port, HTTP_MAX_CONNECTIONS=str(QUEUE_LIMIT))
         elif proxy == "flask-requests":
@@ -1191,6 +1204,8 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
     vers = versions(bench)
     if bench.product_digest:
         vers["wsgiproxy snapshot"] = bench.product_digest
+    if bench.x_digest:
+        vers["wsgiproxy-x snapshot"] = f"{bench.x_digest} (from {bench.args.x_tree})"
     meta = {
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "machine": machine(),
@@ -1418,6 +1433,7 @@ def main() -> int:
     ap.add_argument("--queue-duration", type=int, help="seconds of each queue-pressure run (default 10; quick 5)")
     ap.add_argument("--only", help=f"comma-separated proxies to run besides wsgiproxy ({', '.join(PROXIES)}; 'queue')")
     ap.add_argument("--cells", help="comma-separated cell names, e.g. '100B c64,HTTPS 100B c64'")
+    ap.add_argument("--x-tree", help="run wsgiproxy-x from this tree's wsgiproxy/ (e.g. a git worktree of another commit)")
     ap.add_argument("--x-env", default="", help="K=V,... settings of the wsgiproxy-x experiment (name it in --only)")
     ap.add_argument("--no-queue", action="store_true", help="skip the queue-pressure run")
     ap.add_argument("--no-memory", action="store_true", help="skip the 50 MB response check")

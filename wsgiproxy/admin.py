@@ -90,8 +90,10 @@ class ProxyState:
     gevent_warnings: list[str] = field(default_factory=list)
 
     def close(self) -> None:
-        """Stop the health thread and close idle connections (the worker is exiting)."""
+        """Stop the health thread, publish the last request tallies and close idle
+        connections (the worker is exiting)."""
         self.monitor.stop()
+        self.metrics.publish()
         self.client.close()
 
     def leaks(self) -> dict[str, Any]:

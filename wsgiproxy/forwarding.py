@@ -159,7 +159,7 @@ class Forwarder:
                 address=target.address,
                 peer_allowed=target.peer_allowed,
             )
-            self.metrics.pool_wait.observe(exchange.pool_wait)
+            self.metrics.observe_pool_wait(exchange.pool_wait)
             environ["wsgiproxy.pool_wait_ms"] = f"{exchange.pool_wait * 1000:.1f}"
             environ["wsgiproxy.upstream_ms"] = (
                 f"{(time.monotonic() - started - exchange.pool_wait) * 1000:.1f}"

@@ -10,11 +10,19 @@ run``, tests) the same metrics live in a registry of this app alone.
 The pool never imports this module: ``refresh`` is fed from ``Pool.stats()`` snapshots
 (by the health thread every second, and by the worker answering a scrape), turning the
 pool's plain counters into Prometheus counter increments.
+
+Requests are tallied the same way. In multiprocess mode every Prometheus update is a
+write to a memory-mapped file behind a lock and a ``getpid()`` check: three metrics per
+request cost 5.8 us, 3-4% of a proxied request. ``observe_request`` adds to plain
+per-worker tallies instead, and ``refresh`` publishes them: a scrape sees the answering
+worker's requests at once and the other workers' within a second.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import (
@@ -116,28 +124,37 @@ class Metrics:
             ["direction"],
             registry=reg,
         )
-        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._seen: dict[str, int] = dict.fromkeys(_POOL_COUNTERS, 0)
         self._seen_tunnel = {"bytes_up": 0, "bytes_down": 0}
+        self._lock = threading.Lock()
+        self._requests = _Tallies(self.duration._upper_bounds)
+        self._pool_wait = _Tallies(self.pool_wait._upper_bounds)
 
     def observe_request(self, method: str, status: int, seconds: float) -> None:
-        """One finished request (called once per request, when its response closes).
+        """One finished request (called once per request, when its response closes)."""
+        with self._lock:
+            self._requests.add((method, status), seconds)
 
-        Labelled children are kept at hand: ``labels()`` takes a lock and builds a key on
-        every call, a cost paid per request otherwise."""
-        key = (method, status)
-        children = self._children.get(key)
-        if children is None:
+    def observe_pool_wait(self, seconds: float) -> None:
+        """How long one request waited for its upstream connection."""
+        with self._lock:
+            self._pool_wait.add(None, seconds)
+
+    def publish(self) -> None:
+        """Move this worker's request tallies into the Prometheus metrics."""
+        with self._lock:
+            requests = self._requests.take()
+            pool_wait = self._pool_wait.take()
+        for (method, status), tally in requests.items():
             label = status_class(status)
-            children = self._children[key] = (
-                self.requests.labels(method if method in _METHODS else "other", label),
-                self.duration.labels(label),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+            self.requests.labels(method if method in _METHODS else "other", label).inc(tally.count)
+            tally.publish(self.duration.labels(label))
+        for tally in pool_wait.values():
+            tally.publish(self.pool_wait)
 
     def refresh(self, stats: dict[str, Any], tunnels: dict[str, int] | None = None) -> None:
-        """Bring the pool (and tunnel) gauges and counters up to a snapshot."""
+        """Publish the request tallies; bring pool and tunnel figures up to a snapshot."""
+        self.publish()
         if tunnels:
             self.tunnels.set(tunnels.get("active", 0))
             for key, direction in (("bytes_up", "up"), ("bytes_down", "down")):
@@ -162,6 +179,50 @@ class Metrics:
             _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class _Tally:
+    """Observations of one histogram child not yet published: count, sum, per bucket."""
+
+    __slots__ = ("buckets", "count", "total")
+
+    def __init__(self, size: int) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.buckets = [0] * size
+
+    def publish(self, histogram: Any) -> None:
+        """Add the tally to a prometheus_client ``Histogram`` (or labelled child).
+
+        ``observe`` takes one value at a time; adding n to a bucket is the same update
+        on the same values (``_buckets``/``_sum``, per-bucket counts as ``observe``
+        keeps them). tests/test_metrics.py holds the two to identical expositions.
+        """
+        histogram._sum.inc(self.total)
+        for index, count in enumerate(self.buckets):
+            if count:
+                histogram._buckets[index].inc(count)
+
+
+class _Tallies:
+    """Histogram tallies by key, for one set of bucket bounds."""
+
+    def __init__(self, bounds: list[float]) -> None:
+        self.bounds = list(bounds)
+        self.by_key: dict[Any, _Tally] = {}
+
+    def add(self, key: Any, seconds: float) -> None:
+        tally = self.by_key.get(key)
+        if tally is None:
+            tally = self.by_key[key] = _Tally(len(self.bounds))
+        tally.count += 1
+        tally.total += seconds
+        # The first bucket whose upper bound is >= the value, as ``Histogram.observe``.
+        tally.buckets[bisect_left(self.bounds, seconds)] += 1
+
+    def take(self) -> dict[Any, _Tally]:
+        taken, self.by_key = self.by_key, {}
+        return taken
 
 
 def mark_worker_dead(pid: int) -> None:

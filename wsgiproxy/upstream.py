@@ -19,6 +19,7 @@ import _socket
 import http.client
 import ipaddress
 import logging
+import re
 import socket
 import ssl
 import sys
@@ -507,11 +508,10 @@ class UpstreamClient:
                 _send_request(conn, method, target, head, body, chunked)
                 sending = False
                 conn.sock.settimeout(settings.read_timeout)
-                # http.client's own getresponse: the head is parsed by UpstreamResponse
-                # and the body read straight from it, without urllib3's response wrapper
-                # (its header checks and per-read bookkeeping cost more than the proxying).
-                response = http.client.HTTPConnection.getresponse(conn)
-                assert isinstance(response, UpstreamResponse)
+                # The head is parsed by UpstreamResponse and the body read straight from
+                # it, without urllib3's response wrapper (its header checks and per-read
+                # bookkeeping cost more than the proxying).
+                response = _read_response(conn, method)
             except (ClientBodyError, BodyTooLarge):
                 conn.close()
                 self.pool.discard(lease)
@@ -605,7 +605,7 @@ class UpstreamClient:
         try:
             head = _header_block({"Host": host_header, "User-Agent": "wsgiproxy-health"}, None)
             _send_request(conn, "GET", target, head, None, chunked=False)
-            response = http.client.HTTPConnection.getresponse(conn)
+            response = _read_response(conn, "GET")
             response.read(65536)
             return response.status
         finally:
@@ -636,21 +636,56 @@ def _send_request(
     body: RequestBody | None,
     chunked: bool,
 ) -> None:
-    """Write the request through http.client's connection, framing the body as given.
+    """Write the request on the connection, framing the body as given.
 
-    ``putrequest``/``endheaders`` keep http.client's state machine (so ``getresponse``
-    works) and its request-line checks; the header lines go in already encoded, instead
-    of one validating ``putheader`` call each, which cost more than the rest of the send.
+    The request line and header block go out as one ``bytes`` (one ``send``), with the
+    request-line checks http.client's ``putrequest`` makes: it and ``endheaders`` (a
+    state machine we do not use, a buffer and a join) cost more than the send itself.
+    Raises ValueError for a method or target a request line cannot carry.
     """
-    conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
-    conn._buffer.extend(head)  # type: ignore[attr-defined]
-    conn.endheaders()
+    if _BAD_METHOD.search(method) is not None:
+        raise ValueError(f"method {method[:40]!r} has control characters")
+    if _BAD_TARGET.search(target) is not None:
+        raise http.client.InvalidURL(f"request target {target[:80]!r} has spaces or controls")
+    conn.send(
+        b"%s %s HTTP/1.1\r\n%s\r\n\r\n"
+        % (method.encode("ascii"), target.encode("ascii"), b"\r\n".join(head))
+        if head
+        else b"%s %s HTTP/1.1\r\n\r\n" % (method.encode("ascii"), target.encode("ascii"))
+    )
     if body is None:
         return
     for chunk in body:
         conn.send(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
     if chunked:
         conn.send(b"0\r\n\r\n")
+
+
+def _read_response(conn: HTTPConnection, method: str) -> UpstreamResponse:
+    """Read the response head on ``conn``; its body is left for the caller to stream.
+
+    What ``http.client.HTTPConnection.getresponse`` does, less the state machine
+    ``_send_request`` does not use: a response that will close the connection takes
+    the socket with it (``conn`` is closed, so it never goes back to the pool).
+    """
+    response = UpstreamResponse(conn.sock, method=method)
+    try:
+        response.begin()
+    except ConnectionError:
+        response.close()
+        conn.close()
+        raise
+    except BaseException:
+        response.close()
+        raise
+    if response.will_close:
+        conn.close()  # the response holds its own reference to the socket
+    return response
+
+
+# http.client's request-line checks (``_validate_method``, ``_validate_path``).
+_BAD_METHOD = re.compile(r"[\x00-\x1f]")
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
 
 def is_dropped(sock: Any) -> bool:

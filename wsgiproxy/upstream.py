@@ -41,6 +41,7 @@ from urllib3.util.wait import wait_for_read
 
 from .config import Origin, Settings
 from .errors import (
+    BadRequest,
     BodyTooLarge,
     ClientBodyError,
     PoolExhausted,
@@ -494,7 +495,7 @@ class UpstreamClient:
         settings = self.settings
         origin_pool = self.origin_pool(origin)
         chunked = body is not None and body.chunked
-        head = _header_block(headers, body)
+        head = _request_head(method, target, headers, body)
         started = time.monotonic()
         lease, conn = self._checkout(origin_pool, address, peer_allowed)
         pool_wait = time.monotonic() - started
@@ -505,7 +506,7 @@ class UpstreamClient:
                 # The socket's own timeout is what bounds each send and each read
                 # (http.client and urllib3 do not re-apply ``conn.timeout`` here).
                 conn.sock.settimeout(settings.write_timeout)
-                _send_request(conn, method, target, head, body, chunked)
+                _send_request(conn, head, body, chunked)
                 sending = False
                 conn.sock.settimeout(settings.read_timeout)
                 # The head is parsed by UpstreamResponse and the body read straight from
@@ -603,8 +604,10 @@ class UpstreamClient:
         conn: HTTPConnection = origin_pool._new_conn()  # type: ignore[assignment]
         conn.timeout = timeout
         try:
-            head = _header_block({"Host": host_header, "User-Agent": "wsgiproxy-health"}, None)
-            _send_request(conn, "GET", target, head, None, chunked=False)
+            head = _request_head(
+                "GET", target, {"Host": host_header, "User-Agent": "wsgiproxy-health"}, None
+            )
+            _send_request(conn, head, None, chunked=False)
             response = _read_response(conn, "GET")
             response.read(65536)
             return response.status
@@ -616,43 +619,38 @@ class UpstreamClient:
         self.pool.close()
 
 
-def _header_block(headers: dict[str, str], body: RequestBody | None) -> list[bytes]:
-    """The request's header lines, encoded once (also for a replay).
+def _request_head(
+    method: str, target: str, headers: dict[str, str], body: RequestBody | None
+) -> bytes:
+    """The request line and header block, encoded once (also for a replay).
 
-    The values come from the client's request, which gunicorn (or werkzeug) has already
-    checked for CR, LF and NUL, and from this proxy itself.
+    The request line gets the checks http.client's ``putrequest`` makes; a method or
+    target it cannot carry raises BadRequest (400) before any connection is taken. The
+    header values come from the client's request, which gunicorn (or werkzeug) has
+    already checked for CR, LF and NUL, and from this proxy itself.
     """
-    lines = [f"{name}: {value}".encode("latin-1", "replace") for name, value in headers.items()]
+    if _BAD_METHOD.search(method) is not None:
+        raise BadRequest(f"method {method[:40]!r} has control characters")
+    if _BAD_TARGET.search(target) is not None or not target.isascii():
+        raise BadRequest(f"request target {target[:80]!r} has spaces, controls or non-ASCII")
+    lines = [f"{method} {target} HTTP/1.1".encode("ascii")]
+    lines.extend(f"{name}: {value}".encode("latin-1", "replace") for name, value in headers.items())
     if body is not None and body.chunked:
         lines.append(b"Transfer-Encoding: chunked")
-    return lines
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
 
 
 def _send_request(
-    conn: HTTPConnection,
-    method: str,
-    target: str,
-    head: list[bytes],
-    body: RequestBody | None,
-    chunked: bool,
+    conn: HTTPConnection, head: bytes, body: RequestBody | None, chunked: bool
 ) -> None:
     """Write the request on the connection, framing the body as given.
 
-    The request line and header block go out as one ``bytes`` (one ``send``), with the
-    request-line checks http.client's ``putrequest`` makes: it and ``endheaders`` (a
-    state machine we do not use, a buffer and a join) cost more than the send itself.
-    Raises ValueError for a method or target a request line cannot carry.
+    The head goes out as one ``bytes`` (one ``send``): http.client's ``putrequest`` and
+    ``endheaders`` (a state machine we do not use, a buffer and a join) cost more than
+    the send itself.
     """
-    if _BAD_METHOD.search(method) is not None:
-        raise ValueError(f"method {method[:40]!r} has control characters")
-    if _BAD_TARGET.search(target) is not None:
-        raise http.client.InvalidURL(f"request target {target[:80]!r} has spaces or controls")
-    conn.send(
-        b"%s %s HTTP/1.1\r\n%s\r\n\r\n"
-        % (method.encode("ascii"), target.encode("ascii"), b"\r\n".join(head))
-        if head
-        else b"%s %s HTTP/1.1\r\n\r\n" % (method.encode("ascii"), target.encode("ascii"))
-    )
+    conn.send(head)
     if body is None:
         return
     for chunk in body:

@@ -15,11 +15,11 @@ more on a new one when the contract allows it (idempotent method, body kept whol
 
 from __future__ import annotations
 
-import _socket
 import http.client
 import ipaddress
 import logging
 import re
+import select
 import socket
 import ssl
 import sys
@@ -37,7 +37,6 @@ from urllib3.exceptions import (
     NewConnectionError,
 )
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
-from urllib3.util.wait import wait_for_read
 
 from .config import Origin, Settings
 from .errors import (
@@ -686,27 +685,39 @@ _BAD_METHOD = re.compile(r"[\x00-\x1f]")
 _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
 
+def _unpatched_poll() -> Callable[[], Any]:
+    """``select.poll`` as the OS has it, also where gevent replaced it with its own
+    (which waits through the hub even for a zero timeout)."""
+    if "gevent" in sys.modules:
+        from gevent import monkey
+
+        original: Callable[[], Any] = monkey.get_original("select", "poll")
+        return original
+    return select.poll
+
+
+_poll = _unpatched_poll()
+
+
 def is_dropped(sock: Any) -> bool:
     """True when an idle connection's socket was closed by the peer, or holds bytes
     nobody asked for: either way it must not carry another request.
 
-    One non-blocking ``MSG_PEEK`` on the OS socket: under gevent, a zero-timeout poll
-    (urllib3's ``wait_for_read``) goes through the hub and cost 8% of a request's CPU.
-    gevent keeps the OS socket in ``_sock``; on a TLS socket the peek sees the raw bytes,
-    where a pending close is just as visible.
+    One ``poll`` with a zero timeout on the OS socket (readable means EOF, an error, or
+    unsolicited bytes). Under gevent, urllib3's ``wait_for_read`` goes through the hub
+    (8% of a request's CPU); a non-blocking ``MSG_PEEK`` that finds nothing raises
+    BlockingIOError, which costs more than the system call (1.7 against 0.7 us). On a
+    TLS socket the poll sees the raw bytes, where a pending close is just as visible.
     """
-    raw = getattr(sock, "_sock", sock)
     try:
-        if raw.gettimeout() != 0.0:
-            # A socket with a timeout would wait that long inside recv before trying
-            # (CPython polls first): poll without waiting instead (threads: no hub).
-            return bool(wait_for_read(sock, timeout=0.0))
-        _socket.socket.recv(raw, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return False  # nothing to read: still open and quiet
+        fd = sock.fileno()
+        if fd < 0:
+            return True
+        poller = _poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, TypeError, ValueError):
         return True
-    return True  # EOF (b"") or unsolicited bytes
 
 
 def _peer(sock: Any) -> str:

@@ -144,7 +144,7 @@ class Router:
             raise BadRequest("absolute URL with user information is not forwarded")
         host, port = split_authority(authority, _DEFAULT_PORTS[scheme])
         host_header = environ.get("HTTP_HOST")
-        if host_header is not None:
+        if host_header is not None and host_header != authority:  # equal: nothing to compare
             try:
                 named = split_authority(host_header.strip(), _DEFAULT_PORTS[scheme])
             except BadRequest:

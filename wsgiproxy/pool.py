@@ -507,25 +507,32 @@ class PoolState(Generic[C]):
 
     def _move(self, rec: _Record[C], new: ConnState) -> None:
         """The only place a record changes state: containers and counts follow."""
-        counts = self._by_origin.setdefault(rec.origin, {"connecting": 0, "active": 0, "idle": 0})
-        container = self._containers.get(rec.state)
+        origin = rec.origin
+        counts = self._by_origin.get(origin)
+        if counts is None:
+            counts = self._by_origin[origin] = {"connecting": 0, "active": 0, "idle": 0}
+        old = rec.state
+        container = self._containers.get(old)
         if container is not None and rec in container:  # else a new record
-            counts[rec.state] -= 1
+            counts[old] -= 1
             del container[rec]
-            if rec.state == "idle":
-                same = self._idle_by_origin[rec.origin]
+            if old == "idle":
+                same = self._idle_by_origin[origin]
                 del same[rec]
                 if not same:
-                    del self._idle_by_origin[rec.origin]
+                    del self._idle_by_origin[origin]
         rec.state = new
         container = self._containers.get(new)
         if container is not None:
             counts[new] += 1
             container[rec] = None
             if new == "idle":
-                self._idle_by_origin.setdefault(rec.origin, OrderedDict())[rec] = None
+                by_origin = self._idle_by_origin.get(origin)
+                if by_origin is None:
+                    by_origin = self._idle_by_origin[origin] = OrderedDict()
+                by_origin[rec] = None
         elif not any(counts.values()):
-            del self._by_origin[rec.origin]
+            del self._by_origin[origin]
 
     # -- reports -----------------------------------------------------------------------
 

@@ -47,6 +47,10 @@ def test_a_chunked_body_is_framed_and_terminated() -> None:
         ("GET", "/\x7f"),
         ("GET", "/caf\xe9"),
         ("GE\nT", "/"),
+        ("G\xc9T", "/"),  # not ASCII: would not even encode
+        ("G\x7fT", "/"),
+        ("GET(", "/"),  # not a token
+        ("", "/"),
     ],
 )
 def test_unsendable_request_lines_are_refused(method: str, target: str) -> None:

@@ -127,6 +127,7 @@ class Metrics:
         self._seen: dict[str, int] = dict.fromkeys(_POOL_COUNTERS, 0)
         self._seen_tunnel = {"bytes_up": 0, "bytes_down": 0}
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
         self._requests = _Tallies(self.duration._upper_bounds)
         self._pool_wait = _Tallies(self.pool_wait._upper_bounds)
 
@@ -153,8 +154,16 @@ class Metrics:
             tally.publish(self.pool_wait)
 
     def refresh(self, stats: dict[str, Any], tunnels: dict[str, int] | None = None) -> None:
-        """Publish the request tallies; bring pool and tunnel figures up to a snapshot."""
+        """Publish the request tallies; bring pool and tunnel figures up to a snapshot.
+
+        Called by the health thread and by a scrape, which may overlap under threads:
+        the deltas against what was seen are worked out under a lock, so none counts twice.
+        """
         self.publish()
+        with self._refresh_lock:
+            self._refresh(stats, tunnels)
+
+    def _refresh(self, stats: dict[str, Any], tunnels: dict[str, int] | None) -> None:
         if tunnels:
             self.tunnels.set(tunnels.get("active", 0))
             for key, direction in (("bytes_up", "up"), ("bytes_down", "down")):

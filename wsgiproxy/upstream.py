@@ -608,8 +608,11 @@ class UpstreamClient:
             )
             _send_request(conn, head, None, chunked=False)
             response = _read_response(conn, "GET")
-            response.read(65536)
-            return response.status
+            try:
+                response.read(65536)
+                return response.status
+            finally:
+                response.close()
         finally:
             conn.close()
 
@@ -628,8 +631,8 @@ def _request_head(
     header values come from the client's request, which gunicorn (or werkzeug) has
     already checked for CR, LF and NUL, and from this proxy itself.
     """
-    if _BAD_METHOD.search(method) is not None:
-        raise BadRequest(f"method {method[:40]!r} has control characters")
+    if _BAD_METHOD.search(method) is not None or not method:
+        raise BadRequest(f"method {method[:40]!r} is not an HTTP token")
     if _BAD_TARGET.search(target) is not None or not target.isascii():
         raise BadRequest(f"request target {target[:80]!r} has spaces, controls or non-ASCII")
     lines = [f"{method} {target} HTTP/1.1".encode("ascii")]
@@ -681,7 +684,8 @@ def _read_response(conn: HTTPConnection, method: str) -> UpstreamResponse:
 
 
 # http.client's request-line checks (``_validate_method``, ``_validate_path``).
-_BAD_METHOD = re.compile(r"[\x00-\x1f]")
+# A method is a token (RFC 9110 5.6.2), as urllib3's ``putrequest`` required.
+_BAD_METHOD = re.compile(r"[^-!#$%&'*+.^_`|~0-9a-zA-Z]")
 _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
 

@@ -37,11 +37,11 @@ bench-quick: $(STAMP)
 bench-pool: $(STAMP)
 	$(BIN)/python bench/pool_bench.py
 
-## lint: ruff and mypy --strict over the package
+## lint: ruff over the package, tests and bench; mypy --strict over the package
 lint: $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check ruff==0.17.5 mypy==2.4.1 types-requests
-	$(BIN)/ruff check wsgiproxy tests gunicorn.conf.py
-	$(BIN)/ruff format --check wsgiproxy tests gunicorn.conf.py
+	$(BIN)/ruff check wsgiproxy tests bench gunicorn.conf.py
+	$(BIN)/ruff format --check wsgiproxy tests bench gunicorn.conf.py
 	$(BIN)/mypy --strict wsgiproxy
 
 clean:

@@ -29,7 +29,8 @@ COLORS = {
 
 
 def main(src: str, dst: str) -> None:
-    data = json.load(open(src))
+    with open(src) as f:
+        data = json.load(f)
     M = data["medians"]
     cells = [c for c in data.get("cell_order") or M.keys()]
     proxies = [p for p in data["proxies"] if any(p in M[c] for c in cells)]
@@ -46,8 +47,15 @@ def main(src: str, dst: str) -> None:
                 if m and m.get(metric):
                     xs.append(j + (i - (len(proxies) - 1) / 2) * width)
                     ys.append(m[metric])
-            ax.bar(xs, ys, width, label=proxy, color=COLORS.get(proxy),
-                   edgecolor="black" if proxy == "wsgiproxy" else None, linewidth=1.2)
+            ax.bar(
+                xs,
+                ys,
+                width,
+                label=proxy,
+                color=COLORS.get(proxy),
+                edgecolor="black" if proxy == "wsgiproxy" else None,
+                linewidth=1.2,
+            )
         ax.set_yscale("log")
         ax.set_ylabel(label)
         ax.grid(axis="y", which="both", alpha=0.3)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import datetime
 import hashlib
 import http.client
@@ -195,8 +196,7 @@ class Processes:
         cwd: Path | None = None,
         stop_signal: int = signal.SIGINT,
     ) -> subprocess.Popen[bytes]:
-        log = open(self.logdir / f"{name}.log", "ab")
-        try:
+        with open(self.logdir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
                 argv,
                 env=env,
@@ -206,8 +206,6 @@ class Processes:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches us only; we stop them in order
             )
-        finally:
-            log.close()
         with self.lock:
             self.items.append((name, proc, stop_signal))
         return proc
@@ -223,17 +221,15 @@ class Processes:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=5)
         except ProcessLookupError:
-            pass
+            pass  # already gone
         # Workers left behind (a master killed hard): each by its own pid, if still the
         # same process (same start time).
         deadline = time.monotonic() + 3
         for pid, started in leftovers:
             while _start_time(pid) == started and started is not None:
                 if time.monotonic() > deadline:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
                     break
                 time.sleep(0.05)
 
@@ -263,8 +259,13 @@ def free_port() -> int:
 
 
 def http_get(
-    url_host: str, port: int, path: str, *, https_ctx: ssl.SSLContext | None = None,
-    timeout: float = 5.0, proxy_abs: bool = False,
+    url_host: str,
+    port: int,
+    path: str,
+    *,
+    https_ctx: ssl.SSLContext | None = None,
+    timeout: float = 5.0,
+    proxy_abs: bool = False,
 ) -> tuple[int, bytes]:
     if https_ctx is not None:
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(
@@ -291,11 +292,15 @@ def run_quiet(argv: list[str], timeout: float, env: dict[str, str] | None = None
 
 def ensure_system_tools() -> None:
     """wrk and nginx from the system packages, installed when missing (never started)."""
-    missing = [t for t in ("wrk", "nginx") if not (shutil.which(t) or Path(f"/usr/sbin/{t}").exists())]
+    missing = [
+        t for t in ("wrk", "nginx") if not (shutil.which(t) or Path(f"/usr/sbin/{t}").exists())
+    ]
     if not missing:
         return
     if os.geteuid() != 0:
-        raise SystemExit(f"bench: {', '.join(missing)} missing; install them (apt-get install -y wrk nginx)")
+        raise SystemExit(
+            f"bench: {', '.join(missing)} missing; install them (apt-get install -y wrk nginx)"
+        )
     print(f"bench: installing {' '.join(missing)} (apt-get)", flush=True)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     run_quiet(["apt-get", "update", "-qq"], 300, env)
@@ -326,8 +331,16 @@ def ensure_venv(name: str) -> Path:
         base = getattr(sys, "_base_executable", None) or shutil.which("python3") or "python3"
         run_quiet([base, "-m", "venv", str(venv)], 300)
     run_quiet(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-         "--disable-pip-version-check", "-r", str(req)],
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "-r",
+            str(req),
+        ],
         900,
     )
     for old in venv.glob(".installed-*"):
@@ -342,7 +355,8 @@ def clean_env(**extra: str) -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if not k.upper().startswith(("PROXY_", "HTTP_", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"))
-        and k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "UPSTREAM", "UPSTREAM_CA")
+        and k
+        not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "UPSTREAM", "UPSTREAM_CA")
         and not k.startswith("GUNICORN_")
     }
     env.update(extra)
@@ -363,15 +377,30 @@ class WrkResult:
     cpu_s: float
 
 
-def wrk(url: str, conns: int, seconds: float, *, abs_path: str | None = None, timeout_s: float = 8.0) -> WrkResult:
+def wrk(
+    url: str, conns: int, seconds: float, *, abs_path: str | None = None, timeout_s: float = 8.0
+) -> WrkResult:
     threads = 1 if conns == 1 else 2
     argv = [
-        "wrk", "-t", str(threads), "-c", str(conns), "-d", f"{max(1, round(seconds))}s",
-        "--timeout", f"{timeout_s:g}s", "--latency", "-s", str(BENCH / "wrk_report.lua"), url,
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(conns),
+        "-d",
+        f"{max(1, round(seconds))}s",
+        "--timeout",
+        f"{timeout_s:g}s",
+        "--latency",
+        "-s",
+        str(BENCH / "wrk_report.lua"),
+        url,
     ]
     if abs_path:
         argv += ["--", abs_path]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
     killer = threading.Timer(seconds + timeout_s + 20, lambda: _kill_pid(proc.pid))
     killer.start()
     try:
@@ -388,18 +417,21 @@ def wrk(url: str, conns: int, seconds: float, *, abs_path: str | None = None, ti
     secs = d["duration_us"] / 1e6
     detail = {k: d[k] for k in ("connect", "read", "write", "status", "timeout")}
     return WrkResult(
-        requests=d["requests"], seconds=secs, rps=d["requests"] / secs if secs else 0.0,
-        p50_ms=d["p50_us"] / 1000, p90_ms=d["p90_us"] / 1000, p99_ms=d["p99_us"] / 1000,
-        errors=sum(detail.values()), error_detail=detail,
+        requests=d["requests"],
+        seconds=secs,
+        rps=d["requests"] / secs if secs else 0.0,
+        p50_ms=d["p50_us"] / 1000,
+        p90_ms=d["p90_us"] / 1000,
+        p99_ms=d["p99_us"] / 1000,
+        errors=sum(detail.values()),
+        error_detail=detail,
         cpu_s=usage.ru_utime + usage.ru_stime,
     )
 
 
 def _kill_pid(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def check_wrk_absolute_form(url_of_listener_port: int | None = None) -> str:
@@ -425,7 +457,9 @@ def check_wrk_absolute_form(url_of_listener_port: int | None = None) -> str:
                     data += chunk
                 if data:
                     got.append(data)
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
                 conn.close()
                 if got:
                     return
@@ -435,14 +469,15 @@ def check_wrk_absolute_form(url_of_listener_port: int | None = None) -> str:
     t = threading.Thread(target=accept)
     t.start()
     absolute = "http://127.0.0.1:9/abs-check?x=1"
-    try:
+    with contextlib.suppress(RuntimeError):
         wrk(f"http://127.0.0.1:{port}/", 1, 1, abs_path=absolute, timeout_s=1)
-    except RuntimeError:
-        pass
     t.join(6)
     srv.close()
     first = got[0].split(b"\r\n", 1)[0].decode(errors="replace") if got else ""
-    if not first.startswith(f"GET {absolute} HTTP/1.1") or b"\r\nHost: 127.0.0.1:9\r\n" not in got[0]:
+    if (
+        not first.startswith(f"GET {absolute} HTTP/1.1")
+        or b"\r\nHost: 127.0.0.1:9\r\n" not in got[0]
+    ):
         raise SystemExit(f"bench: wrk does not send absolute-form as set: {first!r}")
     return first
 
@@ -522,7 +557,16 @@ class Bench:
         path.write_text(conf)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         return self.procs.start(
-            name, [nginx, "-p", str(self.tmp), "-c", str(path), "-e", str(self.tmp / f"{name}-error.log")],
+            name,
+            [
+                nginx,
+                "-p",
+                str(self.tmp),
+                "-c",
+                str(path),
+                "-e",
+                str(self.tmp / f"{name}-error.log"),
+            ],
             stop_signal=signal.SIGTERM,
         )
 
@@ -554,7 +598,9 @@ events {{ worker_connections 8192; }}
         for k in ("up_http", "up_https", "up_stub", "up_delay"):
             p[k] = free_port()
         head, common = self._nginx_common("nginx-upstream")
-        conf = head + f"""
+        conf = (
+            head
+            + f"""
 http {{{common}
     sendfile on;
     tcp_nopush on;
@@ -564,21 +610,27 @@ http {{{common}
     # connections is what the bench counts, not nginx's own recycling.
     keepalive_timeout 75s;
     keepalive_requests 1000000;
-    server {{ listen 127.0.0.1:{p['up_http']}; root {self.tmp}/www; }}
+    server {{ listen 127.0.0.1:{p["up_http"]}; root {self.tmp}/www; }}
     server {{
-        listen 127.0.0.1:{p['up_https']} ssl;
+        listen 127.0.0.1:{p["up_https"]} ssl;
         ssl_certificate {self.tmp}/server.pem;
         ssl_certificate_key {self.tmp}/server.pem;
         root {self.tmp}/www;
     }}
-    server {{ listen 127.0.0.1:{p['up_stub']}; location / {{ stub_status; }} }}
+    server {{ listen 127.0.0.1:{p["up_stub"]}; location / {{ stub_status; }} }}
 }}
 """
+        )
         up = self._nginx("nginx-upstream", conf)
         self.upstream_root["http"] = self.upstream_root["https"] = up.pid
         delay = self.procs.start(
             "upstream-delay",
-            [str(PRODUCT_BIN / "python"), str(BENCH / "upstream_delay.py"), str(p["up_delay"]), str(DELAY)],
+            [
+                str(PRODUCT_BIN / "python"),
+                str(BENCH / "upstream_delay.py"),
+                str(p["up_delay"]),
+                str(DELAY),
+            ],
             env=clean_env(),
         )
         self.upstream_root["delay"] = delay.pid
@@ -601,17 +653,39 @@ http {{{common}
         return int(m.group(1))
 
     # ---- proxies ----
-    def _gunicorn_baseline(self, name: str, module: str, upstream: str, port: int, bin_dir: Path, **env: str) -> subprocess.Popen[bytes]:
+    def _gunicorn_baseline(
+        self, name: str, module: str, upstream: str, port: int, bin_dir: Path, **env: str
+    ) -> subprocess.Popen[bytes]:
         argv = [
-            str(bin_dir / "gunicorn"), "-k", "gevent", "-w", str(WORKERS),
-            "--worker-connections", "1000", "--keep-alive", "15",
-            "-b", f"127.0.0.1:{port}", "--no-control-socket", "--chdir", str(BENCH),
-            "--log-level", "warning", "--error-logfile", "-", module,
+            str(bin_dir / "gunicorn"),
+            "-k",
+            "gevent",
+            "-w",
+            str(WORKERS),
+            "--worker-connections",
+            "1000",
+            "--keep-alive",
+            "15",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--no-control-socket",
+            "--chdir",
+            str(BENCH),
+            "--log-level",
+            "warning",
+            "--error-logfile",
+            "-",
+            module,
         ]
         return self.procs.start(name, argv, env=clean_env(**env), cwd=BENCH)
 
     def _wsgiproxy(
-        self, name: str, upstream: str | None, port: int, product_dir: Path | None = None, **env: str
+        self,
+        name: str,
+        upstream: str | None,
+        port: int,
+        product_dir: Path | None = None,
+        **env: str,
     ) -> subprocess.Popen[bytes]:
         settings = {
             "PROXY_BIND": f"127.0.0.1:{port}",
@@ -628,13 +702,23 @@ http {{{common}
             if upstream == "https":
                 settings["HTTP_CA_BUNDLE"] = self.ca_file
         settings.update(env)
-        argv = [str(PRODUCT_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--no-control-socket", "wsgiproxy.app:app"]
-        return self.procs.start(name, argv, env=clean_env(**settings), cwd=product_dir or self.product_dir)
+        argv = [
+            str(PRODUCT_BIN / "gunicorn"),
+            "-c",
+            "gunicorn.conf.py",
+            "--no-control-socket",
+            "wsgiproxy.app:app",
+        ]
+        return self.procs.start(
+            name, argv, env=clean_env(**settings), cwd=product_dir or self.product_dir
+        )
 
     def _copy_product(self, source: Path, snap: Path) -> str:
         """Copy a tree's wsgiproxy/ and gunicorn.conf.py to ``snap``; their digest."""
         snap.mkdir()
-        shutil.copytree(source / "wsgiproxy", snap / "wsgiproxy", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            source / "wsgiproxy", snap / "wsgiproxy", ignore=shutil.ignore_patterns("__pycache__")
+        )
         shutil.copy2(source / "gunicorn.conf.py", snap / "gunicorn.conf.py")
         digest = hashlib.sha256()
         for f in sorted(snap.rglob("*.py")):
@@ -668,7 +752,9 @@ http {{{common}
             self.inst[key] = Instance(proxy, upstream, port, None, https=upstream == "https")
             return
         if proxy == "nginx":
-            self.inst[key] = Instance(proxy, upstream, self.ports[f"nginx_{upstream}"], self.upstream_root["nginx-proxy"])
+            self.inst[key] = Instance(
+                proxy, upstream, self.ports[f"nginx_{upstream}"], self.upstream_root["nginx-proxy"]
+            )
             return
         port = free_port()
         if proxy == "wsgiproxy":
@@ -683,51 +769,94 @@ http {{{common}
             proc = self._wsgiproxy(name, upstream, port, HTTP_MAX_CONNECTIONS=str(QUEUE_LIMIT))
         elif proxy == "flask-requests":
             extra = {"REQUESTS_CA_BUNDLE": self.ca_file} if upstream == "https" else {}
-            proc = self._gunicorn_baseline(name, "flask_requests_app:app", upstream, port, PRODUCT_BIN, UPSTREAM=url, **extra)
+            proc = self._gunicorn_baseline(
+                name, "flask_requests_app:app", upstream, port, PRODUCT_BIN, UPSTREAM=url, **extra
+            )
         elif proxy == "flask-urllib3":
-            proc = self._gunicorn_baseline(name, "flask_urllib3_app:app", upstream, port, PRODUCT_BIN, UPSTREAM=url, **ca)
+            proc = self._gunicorn_baseline(
+                name, "flask_urllib3_app:app", upstream, port, PRODUCT_BIN, UPSTREAM=url, **ca
+            )
         elif proxy == "flask-urllib3-q8":
             proc = self._gunicorn_baseline(
-                name, "flask_urllib3_app:app", upstream, port, PRODUCT_BIN, UPSTREAM=url,
-                POOL_MAXSIZE=str(QUEUE_LIMIT), POOL_BLOCK="1", **ca,
+                name,
+                "flask_urllib3_app:app",
+                upstream,
+                port,
+                PRODUCT_BIN,
+                UPSTREAM=url,
+                POOL_MAXSIZE=str(QUEUE_LIMIT),
+                POOL_BLOCK="1",
+                **ca,
             )
         elif proxy == "werkzeug":
-            proc = self._gunicorn_baseline(name, "werkzeug_app:app", upstream, port, PRODUCT_BIN, UPSTREAM=url, **ca)
+            proc = self._gunicorn_baseline(
+                name, "werkzeug_app:app", upstream, port, PRODUCT_BIN, UPSTREAM=url, **ca
+            )
         elif proxy == "wsgiproxy2":
-            proc = self._gunicorn_baseline(name, "wsgiproxy2_app:app", upstream, port, self.venv["wsgiproxy2"], UPSTREAM=url, **ca)
+            proc = self._gunicorn_baseline(
+                name,
+                "wsgiproxy2_app:app",
+                upstream,
+                port,
+                self.venv["wsgiproxy2"],
+                UPSTREAM=url,
+                **ca,
+            )
         elif proxy == "bare":
             proc = self._gunicorn_baseline(name, "bare_app:app", upstream, port, PRODUCT_BIN)
         elif proxy == "proxypy":
             proc = self.procs.start(
                 name,
-                [str(self.venv["proxypy"] / "proxy"), "--hostname", "127.0.0.1", "--port", str(port),
-                 "--num-workers", str(WORKERS), "--num-acceptors", str(WORKERS), "--log-level", "WARNING"],
-                env=clean_env(), cwd=self.tmp,
+                [
+                    str(self.venv["proxypy"] / "proxy"),
+                    "--hostname",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--num-workers",
+                    str(WORKERS),
+                    "--num-acceptors",
+                    str(WORKERS),
+                    "--log-level",
+                    "WARNING",
+                ],
+                env=clean_env(),
+                cwd=self.tmp,
             )
-            self.inst[key] = Instance(proxy, upstream, port, proc.pid, workers_fn=lambda pid=proc.pid: [pid] + descendants(pid))
+            self.inst[key] = Instance(
+                proxy,
+                upstream,
+                port,
+                proc.pid,
+                workers_fn=lambda pid=proc.pid: [pid] + descendants(pid),
+            )
             return
         else:
             raise ValueError(proxy)
-        self.inst[key] = Instance(proxy, upstream, port, proc.pid, prefix="/up" if proxy == "werkzeug" else "")
+        self.inst[key] = Instance(
+            proxy, upstream, port, proc.pid, prefix="/up" if proxy == "werkzeug" else ""
+        )
 
     def start_nginx_proxy(self) -> None:
         p = self.ports
         for u in ("http", "delay", "https"):
             p[f"nginx_{u}"] = free_port()
         head, common = self._nginx_common("nginx-proxy")
-        conf = head + f"""
+        conf = (
+            head
+            + f"""
 http {{{common}
     keepalive_timeout 75s;
     keepalive_requests 1000000;
-    upstream up_http {{ server 127.0.0.1:{p['up_http']}; keepalive 32; }}
-    upstream up_delay {{ server 127.0.0.1:{p['up_delay']}; keepalive 32; }}
-    upstream up_https {{ server 127.0.0.1:{p['up_https']}; keepalive 32; }}
+    upstream up_http {{ server 127.0.0.1:{p["up_http"]}; keepalive 32; }}
+    upstream up_delay {{ server 127.0.0.1:{p["up_delay"]}; keepalive 32; }}
+    upstream up_https {{ server 127.0.0.1:{p["up_https"]}; keepalive 32; }}
     proxy_http_version 1.1;
     proxy_set_header Connection "";
-    server {{ listen 127.0.0.1:{p['nginx_http']}; location / {{ proxy_pass http://up_http; }} }}
-    server {{ listen 127.0.0.1:{p['nginx_delay']}; location / {{ proxy_pass http://up_delay; }} }}
+    server {{ listen 127.0.0.1:{p["nginx_http"]}; location / {{ proxy_pass http://up_http; }} }}
+    server {{ listen 127.0.0.1:{p["nginx_delay"]}; location / {{ proxy_pass http://up_delay; }} }}
     server {{
-        listen 127.0.0.1:{p['nginx_https']};
+        listen 127.0.0.1:{p["nginx_https"]};
         location / {{
             proxy_pass https://up_https;
             proxy_ssl_verify on;
@@ -737,6 +866,7 @@ http {{{common}
     }}
 }}
 """
+        )
         proc = self._nginx("nginx-proxy", conf)
         self.upstream_root["nginx-proxy"] = proc.pid
 
@@ -748,14 +878,24 @@ http {{{common}
         while pending and time.monotonic() < deadline:
             for key, inst in list(pending.items()):
                 if inst.root_pid is not None and _stat(inst.root_pid) is None:
-                    raise SystemExit(f"bench: {key[0]} ({key[1]}) exited at start; see {self.procs.logdir}/{key[0]}-{key[1]}.log")
+                    raise SystemExit(
+                        f"bench: {key[0]} ({key[1]}) exited at start; see {self.procs.logdir}/{key[0]}-{key[1]}.log"
+                    )
                 path = "/delay" if inst.upstream == "delay" else "/100b.bin"
                 try:
                     if inst.proxy == "proxypy":
-                        status, _ = http_get("127.0.0.1", inst.port, f"{self.upstream_url('http')}{path}", timeout=2)
+                        status, _ = http_get(
+                            "127.0.0.1", inst.port, f"{self.upstream_url('http')}{path}", timeout=2
+                        )
                     else:
-                        ctx = self.client_ctx if inst.proxy == "direct" and inst.upstream == "https" else None
-                        status, _ = http_get("127.0.0.1", inst.port, inst.prefix + path, https_ctx=ctx, timeout=2)
+                        ctx = (
+                            self.client_ctx
+                            if inst.proxy == "direct" and inst.upstream == "https"
+                            else None
+                        )
+                        status, _ = http_get(
+                            "127.0.0.1", inst.port, inst.prefix + path, https_ctx=ctx, timeout=2
+                        )
                     if status == 200:
                         del pending[key]
                     else:
@@ -765,7 +905,9 @@ http {{{common}
             time.sleep(0.2)
         if pending:
             names = ", ".join(f"{k[0]}/{k[1]} ({last_err.get(k, '?')})" for k in pending)
-            raise SystemExit(f"bench: not ready after {deadline_s:.0f}s: {names}; logs in {self.procs.logdir}")
+            raise SystemExit(
+                f"bench: not ready after {deadline_s:.0f}s: {names}; logs in {self.procs.logdir}"
+            )
 
     def wait_upstream_quiet(self, upstream: str, limit_s: float = 15.0) -> None:
         """Wait until the upstream gets no more requests: a proxy may still be working
@@ -786,7 +928,16 @@ http {{{common}
             time.sleep(0.3)
 
     # ---- one measurement ----
-    def measure(self, inst: Instance, cell_path: str, conns: int, seconds: float, *, abs_url: str | None = None, timeout_s: float = 8.0) -> dict[str, Any]:
+    def measure(
+        self,
+        inst: Instance,
+        cell_path: str,
+        conns: int,
+        seconds: float,
+        *,
+        abs_url: str | None = None,
+        timeout_s: float = 8.0,
+    ) -> dict[str, Any]:
         up = inst.upstream
         up_tree = [self.upstream_root[up]] + descendants(self.upstream_root[up])
         proxy_tree = inst.tree()
@@ -801,9 +952,14 @@ http {{{common}
         rss = [rss_bytes(pid) for pid in workers]
         opened = max(0, a1 - a0 - 1)
         return {
-            "rps": res.rps, "p50_ms": res.p50_ms, "p90_ms": res.p90_ms, "p99_ms": res.p99_ms,
-            "requests": res.requests, "seconds": res.seconds,
-            "errors": res.errors, "error_detail": res.error_detail,
+            "rps": res.rps,
+            "p50_ms": res.p50_ms,
+            "p90_ms": res.p90_ms,
+            "p99_ms": res.p99_ms,
+            "requests": res.requests,
+            "seconds": res.seconds,
+            "errors": res.errors,
+            "error_detail": res.error_detail,
             "upstream_conns": opened,
             "conns_per_1k": opened * 1000 / res.requests if res.requests else None,
             "rss_mb": sum(rss) / 1e6 if rss else None,
@@ -822,8 +978,17 @@ def med(values: list[float | None]) -> float | None:
 
 
 METRICS = [
-    "rps", "p50_ms", "p99_ms", "errors", "conns_per_1k", "rss_mb", "rss_per_worker_mb",
-    "cpu_proxy_s", "cpu_upstream_s", "cpu_wrk_s", "requests",
+    "rps",
+    "p50_ms",
+    "p99_ms",
+    "errors",
+    "conns_per_1k",
+    "rss_mb",
+    "rss_per_worker_mb",
+    "cpu_proxy_s",
+    "cpu_upstream_s",
+    "cpu_wrk_s",
+    "requests",
 ]
 
 
@@ -854,7 +1019,9 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def evaluate_goals(M: dict[str, Any], queue: dict[str, Any], memory: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+def evaluate_goals(
+    M: dict[str, Any], queue: dict[str, Any], memory: dict[str, Any]
+) -> list[tuple[str, str, bool | None]]:
     """(goal line, measured, PASS/FAIL/None=not measured)."""
     goals: list[tuple[str, str, bool | None]] = []
 
@@ -862,82 +1029,160 @@ def evaluate_goals(M: dict[str, Any], queue: dict[str, Any], memory: dict[str, A
         return M.get(cell, {}).get(proxy, {}).get(metric)
 
     def add(text: str, value: float | None, passes: Any, shown: str) -> None:
-        goals.append((text, shown if value is not None else "not measured", None if value is None else bool(passes(value))))
+        goals.append(
+            (
+                text,
+                shown if value is not None else "not measured",
+                None if value is None else bool(passes(value)),
+            )
+        )
 
     c64 = "100B c64"
     ours = get(c64, OURS, "rps")
     alts = {p: get(c64, p, "rps") for p in WSGI_ALTERNATIVES if get(c64, p, "rps") is not None}
     best = max(alts, key=lambda p: alts[p] or 0) if alts else None
     r = ratio(ours, alts[best]) if best else None
-    add("100 B at 64 connections: at least 1.5x the best WSGI alternative's req/s", r, lambda x: x >= 1.5,
-        f"{fmt(r, 2)}x ({fmt(ours)} vs {best} {fmt(alts.get(best))} req/s)" if best else "")
+    add(
+        "100 B at 64 connections: at least 1.5x the best WSGI alternative's req/s",
+        r,
+        lambda x: x >= 1.5,
+        f"{fmt(r, 2)}x ({fmt(ours)} vs {best} {fmt(alts.get(best))} req/s)" if best else "",
+    )
     r = ratio(ours, get(c64, "flask-requests", "rps"))
-    add("100 B at 64 connections: at least 3x Flask + requests per request", r, lambda x: x >= 3,
-        f"{fmt(r, 2)}x ({fmt(ours)} vs {fmt(get(c64, 'flask-requests', 'rps'))} req/s)")
+    add(
+        "100 B at 64 connections: at least 3x Flask + requests per request",
+        r,
+        lambda x: x >= 3,
+        f"{fmt(r, 2)}x ({fmt(ours)} vs {fmt(get(c64, 'flask-requests', 'rps'))} req/s)",
+    )
     r = ratio(ours, get(c64, "nginx", "rps"))
-    add("100 B at 64 connections: at least 0.15x nginx", r, lambda x: x >= 0.15,
-        f"{fmt(r, 2)}x ({fmt(ours)} vs {fmt(get(c64, 'nginx', 'rps'))} req/s)")
+    add(
+        "100 B at 64 connections: at least 0.15x nginx",
+        r,
+        lambda x: x >= 0.15,
+        f"{fmt(r, 2)}x ({fmt(ours)} vs {fmt(get(c64, 'nginx', 'rps'))} req/s)",
+    )
     r = ratio(ours, get(c64, "bare", "rps"))
-    add("100 B at 64 connections: at least 0.45x the stack's ceiling (bare WSGI app)", r, lambda x: x >= 0.45,
-        f"{fmt(r, 2)}x ({fmt(ours)} vs {fmt(get(c64, 'bare', 'rps'))} req/s)")
+    add(
+        "100 B at 64 connections: at least 0.45x the stack's ceiling (bare WSGI app)",
+        r,
+        lambda x: x >= 0.45,
+        f"{fmt(r, 2)}x ({fmt(ours)} vs {fmt(get(c64, 'bare', 'rps'))} req/s)",
+    )
     fw = "forward 100B c64"
     r = ratio(get(fw, OURS, "rps"), get(fw, "proxypy", "rps"))
-    add("Forward mode, 100 B at 64 connections: at least 0.5x proxy.py", r, lambda x: x >= 0.5,
-        f"{fmt(r, 2)}x ({fmt(get(fw, OURS, 'rps'))} vs {fmt(get(fw, 'proxypy', 'rps'))} req/s)")
+    add(
+        "Forward mode, 100 B at 64 connections: at least 0.5x proxy.py",
+        r,
+        lambda x: x >= 0.5,
+        f"{fmt(r, 2)}x ({fmt(get(fw, OURS, 'rps'))} vs {fmt(get(fw, 'proxypy', 'rps'))} req/s)",
+    )
     hs = "HTTPS 100B c64"
     r = ratio(get(hs, OURS, "rps"), get(hs, "wsgiproxy-nopool", "rps"))
-    add("HTTPS upstream at 64: at least 10x the new-connection-per-request baseline", r, lambda x: x >= 10,
-        f"{fmt(r, 2)}x ({fmt(get(hs, OURS, 'rps'))} vs {fmt(get(hs, 'wsgiproxy-nopool', 'rps'))} req/s)")
+    add(
+        "HTTPS upstream at 64: at least 10x the new-connection-per-request baseline",
+        r,
+        lambda x: x >= 10,
+        f"{fmt(r, 2)}x ({fmt(get(hs, OURS, 'rps'))} vs {fmt(get(hs, 'wsgiproxy-nopool', 'rps'))} req/s)",
+    )
     for cell in ("100B c1", "100KiB c1"):
         d = get(cell, "direct", "p50_ms")
         o, f = get(cell, OURS, "p50_ms"), get(cell, "flask-urllib3", "p50_ms")
         if None not in (d, o, f):
             added_o, added_f = o - d, f - d  # type: ignore[operator]
             r = ratio(added_o, added_f)
-            add(f"1 connection ({cell}): added latency over no proxy at most half the shared-PoolManager app's",
-                r, lambda x: x <= 0.5,
-                f"{fmt(r, 2)}x (p50 +{added_o * 1000:.0f} µs vs +{added_f * 1000:.0f} µs over direct {d * 1000:.0f} µs)")
+            add(
+                f"1 connection ({cell}): added latency over no proxy at most half the shared-PoolManager app's",
+                r,
+                lambda x: x <= 0.5,
+                f"{fmt(r, 2)}x (p50 +{added_o * 1000:.0f} µs vs +{added_f * 1000:.0f} µs over direct {d * 1000:.0f} µs)",
+            )
         else:
-            add(f"1 connection ({cell}): added latency at most half the shared-PoolManager app's", None, None, "")
+            add(
+                f"1 connection ({cell}): added latency at most half the shared-PoolManager app's",
+                None,
+                None,
+                "",
+            )
     for cell in ("100B c256", "100KiB c256", "50ms c256"):
         o, f = get(cell, OURS, "p99_ms"), get(cell, "flask-urllib3", "p99_ms")
         r = ratio(o, f)
-        add(f"256 connections ({cell}): p99 at most a quarter of the shared-PoolManager app's", r, lambda x: x <= 0.25,
-            f"{fmt(r, 2)}x ({fmt(o, 1)} ms vs {fmt(f, 1)} ms)")
+        add(
+            f"256 connections ({cell}): p99 at most a quarter of the shared-PoolManager app's",
+            r,
+            lambda x: x <= 0.25,
+            f"{fmt(r, 2)}x ({fmt(o, 1)} ms vs {fmt(f, 1)} ms)",
+        )
     q = queue.get("wsgiproxy-q8")
     if q:
         limit = queue["limit_rps"]
         r = ratio(q["rps"], limit)
         alone = queue.get("direct")
-        note = (f"; the upstream alone with {WORKERS * QUEUE_LIMIT} connections: {fmt(alone['rps'])} = "
-                f"{fmt(alone['rps'] / limit * 100, 1)}%") if alone else ""
-        add("Queue pressure: at least 95% of the limit's throughput", r, lambda x: x >= 0.95,
-            f"{fmt((r or 0) * 100, 1)}% ({fmt(q['rps'])} of {fmt(limit)} req/s{note})")
+        note = (
+            (
+                f"; the upstream alone with {WORKERS * QUEUE_LIMIT} connections: {fmt(alone['rps'])} = "
+                f"{fmt(alone['rps'] / limit * 100, 1)}%"
+            )
+            if alone
+            else ""
+        )
+        add(
+            "Queue pressure: at least 95% of the limit's throughput",
+            r,
+            lambda x: x >= 0.95,
+            f"{fmt((r or 0) * 100, 1)}% ({fmt(q['rps'])} of {fmt(limit)} req/s{note})",
+        )
         ideal = QUEUE_CLIENTS / q["rps"] * 1000 if q["rps"] else None
         r = ratio(q["p99_ms"], ideal)
-        add("Queue pressure: p99 at most 1.3x the queueing ideal (clients / throughput)", r, lambda x: x <= 1.3,
-            f"{fmt(r, 2)}x (p99 {fmt(q['p99_ms'])} ms, ideal {fmt(ideal)} ms)")
-        add("Queue pressure: no errors", float(q["errors_total"]), lambda x: x == 0,
-            f"{q['errors_total']} errors over all repetitions")
+        add(
+            "Queue pressure: p99 at most 1.3x the queueing ideal (clients / throughput)",
+            r,
+            lambda x: x <= 1.3,
+            f"{fmt(r, 2)}x (p99 {fmt(q['p99_ms'])} ms, ideal {fmt(ideal)} ms)",
+        )
+        add(
+            "Queue pressure: no errors",
+            float(q["errors_total"]),
+            lambda x: x == 0,
+            f"{q['errors_total']} errors over all repetitions",
+        )
     else:
         add("Queue pressure", None, None, "")
     ours_rss = max_rss_per_worker(M, OURS)
     theirs_rss = max_rss_per_worker(M, "flask-urllib3")
     r = ratio(ours_rss, theirs_rss)
-    add("Memory: RSS per worker at most 1.2x the shared-PoolManager app's", r, lambda x: x <= 1.2,
-        f"{fmt(r, 2)}x ({fmt(ours_rss, 1)} MB vs {fmt(theirs_rss, 1)} MB, largest cell median)")
+    add(
+        "Memory: RSS per worker at most 1.2x the shared-PoolManager app's",
+        r,
+        lambda x: x <= 1.2,
+        f"{fmt(r, 2)}x ({fmt(ours_rss, 1)} MB vs {fmt(theirs_rss, 1)} MB, largest cell median)",
+    )
     m50 = memory.get(OURS)
-    add("Memory: a 50 MB response adds under 5 MB", m50, lambda x: x < 5,
-        f"+{fmt(m50, 1)} MB peak RSS in the worker that served it" if m50 is not None else "")
+    add(
+        "Memory: a 50 MB response adds under 5 MB",
+        m50,
+        lambda x: x < 5,
+        f"+{fmt(m50, 1)} MB peak RSS in the worker that served it" if m50 is not None else "",
+    )
     return goals
 
 
 def max_rss_per_worker(M: dict[str, Any], proxy: str) -> float | None:
-    vals = [cells[proxy]["rss_per_worker_mb"] for cells in M.values() if proxy in cells and cells[proxy].get("rss_per_worker_mb")]
+    vals = [
+        cells[proxy]["rss_per_worker_mb"]
+        for cells in M.values()
+        if proxy in cells and cells[proxy].get("rss_per_worker_mb")
+    ]
     return max(vals) if vals else None
 
 
-def report(meta: dict[str, Any], M: dict[str, Any], queue: dict[str, Any], memory: dict[str, Any], goals: list[tuple[str, str, bool | None]]) -> str:
+def report(
+    meta: dict[str, Any],
+    M: dict[str, Any],
+    queue: dict[str, Any],
+    memory: dict[str, Any],
+    goals: list[tuple[str, str, bool | None]],
+) -> str:
     cells = [c.name for c in CELLS if c.name in M]
     lines = [
         f"# wsgiproxy benchmark — {meta['date']}",
@@ -952,9 +1197,14 @@ def report(meta: dict[str, Any], M: dict[str, Any], queue: dict[str, Any], memor
     for text, shown, ok in goals:
         mark = "PASS" if ok else ("FAIL" if ok is False else "n/a")
         lines.append(f"- **{mark}** {text}: {shown}")
-    lines += ["", "## wsgiproxy against each alternative", "",
-              "Each entry: wsgiproxy's req/s ÷ theirs, then wsgiproxy's p99 ÷ theirs "
-              "(req/s above 1 and p99 below 1 favour wsgiproxy). Medians over repetitions.", ""]
+    lines += [
+        "",
+        "## wsgiproxy against each alternative",
+        "",
+        "Each entry: wsgiproxy's req/s ÷ theirs, then wsgiproxy's p99 ÷ theirs "
+        "(req/s above 1 and p99 below 1 favour wsgiproxy). Medians over repetitions.",
+        "",
+    ]
     alts = [p for p in PROXIES if p != OURS and any(p in M[c] for c in cells)]
     lines.append("| against | " + " | ".join(cells) + " |")
     lines.append("|---|" + "---|" * len(cells))
@@ -968,31 +1218,45 @@ def report(meta: dict[str, Any], M: dict[str, Any], queue: dict[str, Any], memor
             rr, pr = ratio(o["rps"], a["rps"]), ratio(o["p99_ms"], a["p99_ms"])
             row.append(f"{fmt(rr, 2)}× / {fmt(pr, 2)}×")
         lines.append(f"| {alt} | " + " | ".join(row) + " |")
-    lines += ["", "## Raw medians", "",
-              "req/s, latency (wrk --latency), errors (non-2xx + socket errors, all repetitions), "
-              "upstream connections opened per 1,000 requests, proxy RSS summed over its workers, "
-              "CPU seconds during the run of the proxy (all its processes), the upstream and wrk, "
-              "and the proxy's CPU per request.", "",
-              "| cell | proxy | req/s | p50 ms | p99 ms | errors | up conns/1k | RSS MB | CPU proxy s | CPU upstream s | CPU wrk s | proxy CPU µs/req |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Raw medians",
+        "",
+        "req/s, latency (wrk --latency), errors (non-2xx + socket errors, all repetitions), "
+        "upstream connections opened per 1,000 requests, proxy RSS summed over its workers, "
+        "CPU seconds during the run of the proxy (all its processes), the upstream and wrk, "
+        "and the proxy's CPU per request.",
+        "",
+        "| cell | proxy | req/s | p50 ms | p99 ms | errors | up conns/1k | RSS MB | CPU proxy s | CPU upstream s | CPU wrk s | proxy CPU µs/req |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in cells:
         for proxy in PROXIES:
             m = M[c].get(proxy)
             if not m:
                 continue
-            per_req = (m["cpu_proxy_s"] / m["requests"] * 1e6) if m.get("cpu_proxy_s") is not None and m["requests"] else None
+            per_req = (
+                (m["cpu_proxy_s"] / m["requests"] * 1e6)
+                if m.get("cpu_proxy_s") is not None and m["requests"]
+                else None
+            )
             lines.append(
                 f"| {c} | {proxy} | {fmt(m['rps'])} | {fmt(m['p50_ms'], 2)} | {fmt(m['p99_ms'], 2)} | "
                 f"{m['errors_total']} | {fmt(m['conns_per_1k'], 1)} | {fmt(m['rss_mb'], 1)} | "
                 f"{fmt(m['cpu_proxy_s'], 2)} | {fmt(m['cpu_upstream_s'], 2)} | {fmt(m['cpu_wrk_s'], 2)} | {fmt(per_req)} |"
             )
     if queue:
-        lines += ["", f"## Queue pressure: {QUEUE_CLIENTS} clients, {QUEUE_LIMIT} upstream connections per worker "
-                  f"x {WORKERS} workers, {DELAY * 1000:.0f} ms upstream", "",
-                  f"Limit: {WORKERS} x {QUEUE_LIMIT} x {1 / DELAY:.0f} = {fmt(queue['limit_rps'])} req/s; "
-                  "queueing ideal latency = clients / throughput.", "",
-                  "| proxy | req/s | % of limit | p50 ms | p99 ms | ideal ms | p99 / ideal | errors | up conns/1k |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Queue pressure: {QUEUE_CLIENTS} clients, {QUEUE_LIMIT} upstream connections per worker "
+            f"x {WORKERS} workers, {DELAY * 1000:.0f} ms upstream",
+            "",
+            f"Limit: {WORKERS} x {QUEUE_LIMIT} x {1 / DELAY:.0f} = {fmt(queue['limit_rps'])} req/s; "
+            "queueing ideal latency = clients / throughput.",
+            "",
+            "| proxy | req/s | % of limit | p50 ms | p99 ms | ideal ms | p99 / ideal | errors | up conns/1k |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for proxy in ("wsgiproxy-q8", "flask-urllib3-q8", "direct"):
             q = queue.get(proxy)
             if not q:
@@ -1006,9 +1270,15 @@ def report(meta: dict[str, Any], M: dict[str, Any], queue: dict[str, Any], memor
                 f"({q['error_kinds']}) | {fmt(q['conns_per_1k'], 1)} |"
             )
     if memory:
-        lines += ["", "## A 50 MB response", "",
-                  "Peak RSS growth of the worker that served it, over its RSS before (largest of 3 downloads).", "",
-                  "| proxy | adds MB |", "|---|---|"]
+        lines += [
+            "",
+            "## A 50 MB response",
+            "",
+            "Peak RSS growth of the worker that served it, over its RSS before (largest of 3 downloads).",
+            "",
+            "| proxy | adds MB |",
+            "|---|---|",
+        ]
         for proxy, mb in memory.items():
             lines.append(f"| {proxy} | {fmt(mb, 1)} |")
     lines += ["", "Chart: `chart.png` beside this file; every run: `results.json`.", ""]
@@ -1029,18 +1299,32 @@ def versions(bench: Bench) -> dict[str, str]:
             "print(json.dumps(out))"
         )
         try:
-            return json.loads(subprocess.run([str(bin_dir / "python"), "-c", code], capture_output=True, timeout=60).stdout)
+            return json.loads(
+                subprocess.run(
+                    [str(bin_dir / "python"), "-c", code], capture_output=True, timeout=60
+                ).stdout
+            )
         except Exception:
             return {}
 
-    v.update(py_versions(PRODUCT_BIN, ["flask", "werkzeug", "urllib3", "gunicorn", "gevent", "requests", "greenlet"]))
+    v.update(
+        py_versions(
+            PRODUCT_BIN,
+            ["flask", "werkzeug", "urllib3", "gunicorn", "gevent", "requests", "greenlet"],
+        )
+    )
     if "wsgiproxy2" in bench.venv:
         w = py_versions(bench.venv["wsgiproxy2"], ["WSGIProxy2", "WebOb", "urllib3"])
         v["WSGIProxy2"] = w.get("WSGIProxy2", "?")
         v["WebOb"] = w.get("WebOb", "?")
     if "proxypy" in bench.venv:
         v["proxy.py"] = py_versions(bench.venv["proxypy"], ["proxy.py"]).get("proxy.py", "?")
-    nginx = subprocess.run([shutil.which("nginx") or "/usr/sbin/nginx", "-v"], capture_output=True, text=True, timeout=10)
+    nginx = subprocess.run(
+        [shutil.which("nginx") or "/usr/sbin/nginx", "-v"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     v["nginx"] = (nginx.stderr or nginx.stdout).strip().rpartition("/")[2]
     w = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10)
     v["wrk"] = (w.stdout + w.stderr).split()[1] if (w.stdout + w.stderr).split()[1:] else "?"
@@ -1051,9 +1335,28 @@ def versions(bench: Bench) -> dict[str, str]:
 def product_commit() -> str:
     """HEAD of the work tree, and whether the product files differ from it right now."""
     try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "wsgiproxy", "gunicorn.conf.py", "requirements.txt"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(ROOT),
+                "status",
+                "--porcelain",
+                "--",
+                "wsgiproxy",
+                "gunicorn.conf.py",
+                "requirements.txt",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return commit + (" + uncommitted changes" if dirty else "")
     except Exception:
         return "?"
@@ -1062,10 +1365,11 @@ def product_commit() -> str:
 def machine() -> str:
     model = "?"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -1095,7 +1399,9 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
     if only:
         unknown = only - set(PROXIES) - {"queue", "memory"}
         if unknown:
-            raise SystemExit(f"bench: unknown --only {sorted(unknown)}; choose from {', '.join(PROXIES)}")
+            raise SystemExit(
+                f"bench: unknown --only {sorted(unknown)}; choose from {', '.join(PROXIES)}"
+            )
         only.add(OURS)
     want = lambda p: (only is None and p != "wsgiproxy-x") or (only is not None and p in only)  # noqa: E731
     bench.x_env = dict(kv.split("=", 1) for kv in args.x_env.split(",") if kv) if args.x_env else {}
@@ -1124,9 +1430,14 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
         needed |= {("wsgiproxy-q8", "delay"), ("flask-urllib3-q8", "delay"), ("direct", "delay")}
     for p, u in sorted(needed):
         bench.start_proxy(p, u)
-    print(f"bench: {len(needed)} instances starting (results: {outdir.relative_to(ROOT)})", flush=True)
+    print(
+        f"bench: {len(needed)} instances starting (results: {outdir.relative_to(ROOT)})", flush=True
+    )
     bench.wait_ready()
-    print(f"bench: ready in {time.monotonic() - t_setup:.1f}s; wrk absolute-form check: {abs_line!r}", flush=True)
+    print(
+        f"bench: ready in {time.monotonic() - t_setup:.1f}s; wrk absolute-form check: {abs_line!r}",
+        flush=True,
+    )
 
     runs: list[dict[str, Any]] = []
     queue_runs: list[dict[str, Any]] = []
@@ -1178,7 +1489,14 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
 
     memory: dict[str, float] = {}
     if not args.no_memory:
-        for proxy in ["wsgiproxy", "flask-urllib3", "werkzeug", "wsgiproxy2", "flask-requests", "wsgiproxy-gthread"]:
+        for proxy in [
+            "wsgiproxy",
+            "flask-urllib3",
+            "werkzeug",
+            "wsgiproxy2",
+            "flask-requests",
+            "wsgiproxy-gthread",
+        ]:
             if (proxy, "http") in bench.inst:
                 memory[proxy] = big_response_growth(bench, bench.inst[(proxy, "http")])
                 print(f"  50 MB response through {proxy}: +{memory[proxy]:.1f} MB", flush=True)
@@ -1220,12 +1538,32 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
     }
     text = report(meta, M, queue, memory, goals)
     (outdir / "report.md").write_text(text)
-    (outdir / "results.json").write_text(json.dumps(
-        {"meta": meta, "cell_order": [c.name for c in cells], "runs": runs, "queue_runs": queue_runs, "memory_mb": memory, "medians": M,
-         "queue": queue, "goals": goals, "proxies": PROXIES}, indent=1))
+    (outdir / "results.json").write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "cell_order": [c.name for c in cells],
+                "runs": runs,
+                "queue_runs": queue_runs,
+                "memory_mb": memory,
+                "medians": M,
+                "queue": queue,
+                "goals": goals,
+                "proxies": PROXIES,
+            },
+            indent=1,
+        )
+    )
     chart = subprocess.run(
-        [str(bench.venv["tools"] / "python"), str(BENCH / "chart.py"), str(outdir / "results.json"), str(outdir / "chart.png")],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(bench.venv["tools"] / "python"),
+            str(BENCH / "chart.py"),
+            str(outdir / "results.json"),
+            str(outdir / "chart.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if chart.returncode != 0:
         print(f"bench: chart failed: {chart.stderr[-1500:]}", file=sys.stderr)
@@ -1235,7 +1573,9 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
     latest.symlink_to(stamp)
     print()
     print(text)
-    print(f"bench: wrote {outdir.relative_to(ROOT)}/report.md, results.json, chart.png in {elapsed / 60:.1f} min")
+    print(
+        f"bench: wrote {outdir.relative_to(ROOT)}/report.md, results.json, chart.png in {elapsed / 60:.1f} min"
+    )
     return 0
 
 
@@ -1248,13 +1588,13 @@ def big_response_growth(bench: Bench, inst: Instance, times: int = 3) -> float:
         peak = dict(before)
         done = threading.Event()
 
-        def sample() -> None:
+        def sample(done: threading.Event, pids: list[int], peak: dict[int, int]) -> None:
             while not done.is_set():
                 for p in pids:
                     peak[p] = max(peak[p], rss_bytes(p))
                 time.sleep(0.005)
 
-        t = threading.Thread(target=sample)
+        t = threading.Thread(target=sample, args=(done, pids, peak))
         t.start()
         try:
             conn = http.client.HTTPConnection("127.0.0.1", inst.port, timeout=60)
@@ -1268,7 +1608,10 @@ def big_response_growth(bench: Bench, inst: Instance, times: int = 3) -> float:
                 n += len(chunk)
             conn.close()
             if resp.status != 200 or n != 50 << 20:
-                print(f"bench: 50 MB through {inst.proxy}: status {resp.status}, {n} bytes", file=sys.stderr)
+                print(
+                    f"bench: 50 MB through {inst.proxy}: status {resp.status}, {n} bytes",
+                    file=sys.stderr,
+                )
         finally:
             done.set()
             t.join()
@@ -1307,24 +1650,47 @@ def run_profile(args: argparse.Namespace) -> int:
         spies = []
         for pid in workers:
             out = outdir / f"pyspy-{pid}.txt"
-            spies.append((pid, out, procs.start(
-                f"py-spy-{pid}",
-                [pyspy, "record", "--pid", str(pid), "--duration", str(int(args.profile_seconds)),
-                 "--rate", "250", "--format", "raw", "--nonblocking", "-o", str(out)],
-            )))
+            spies.append(
+                (
+                    pid,
+                    out,
+                    procs.start(
+                        f"py-spy-{pid}",
+                        [
+                            pyspy,
+                            "record",
+                            "--pid",
+                            str(pid),
+                            "--duration",
+                            str(int(args.profile_seconds)),
+                            "--rate",
+                            "250",
+                            "--format",
+                            "raw",
+                            "--nonblocking",
+                            "-o",
+                            str(out),
+                        ],
+                    ),
+                )
+            )
         time.sleep(1.0)
         m = bench.measure(inst, path, 64, int(args.profile_seconds) - 2, abs_url=abs_url)
-        for pid, out, proc in spies:
+        for _, _, proc in spies:
             proc.wait(timeout=args.profile_seconds + 30)
         stacks: dict[str, int] = {}
-        for pid, out, _ in spies:
+        for _, out, _ in spies:
             if out.exists():
                 for line in out.read_text().splitlines():
                     stack, _, count = line.rpartition(" ")
                     if stack and count.isdigit():
                         stacks[stack] = stacks.get(stack, 0) + int(count)
         text = summarize_profile(stacks, m, target, args.profile_cell)
-        text = text.replace("\n\n", f"\n\nCode: wsgiproxy commit {bench.product_commit}, snapshot {bench.product_digest}.\n\n", 1)
+        text = text.replace(
+            "\n\n",
+            f"\n\nCode: wsgiproxy commit {bench.product_commit}, snapshot {bench.product_digest}.\n\n",
+            1,
+        )
         (outdir / "profile.md").write_text(text)
         latest = RESULTS / "latest-profile"
         if latest.is_symlink() or latest.exists():
@@ -1368,18 +1734,34 @@ def summarize_profile(stacks: dict[str, int], m: dict[str, Any], target: str, ce
         a = classify(keys)
         area[a] = area.get(a, 0) + n
     lines = [
-        f"# Profile: {target}, {cell}, 64 connections (py-spy, both workers, 250 Hz, non-blocking)", "",
+        f"# Profile: {target}, {cell}, 64 connections (py-spy, both workers, 250 Hz, non-blocking)",
+        "",
         f"Under the profiler: {m['rps']:,.0f} req/s, p99 {m['p99_ms']:.1f} ms, proxy CPU "
-        f"{(m['cpu_proxy_s'] or 0) / max(1, m['requests']) * 1e6:.0f} µs per request; {total} samples (idle excluded).", "",
-        "## Where the time goes (each sample charged to one area: the stale-connection check and metrics wherever they are on its stack, else the innermost)", "",
-        "| area | share |", "|---|---|",
+        f"{(m['cpu_proxy_s'] or 0) / max(1, m['requests']) * 1e6:.0f} µs per request; {total} samples (idle excluded).",
+        "",
+        "## Where the time goes (each sample charged to one area: the stale-connection check and metrics wherever they are on its stack, else the innermost)",
+        "",
+        "| area | share |",
+        "|---|---|",
     ]
     for a, n in sorted(area.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {a} | {n / total * 100:.1f}% |")
-    lines += ["", "## Top functions by own time", "", "| function | own | with callees |", "|---|---|---|"]
+    lines += [
+        "",
+        "## Top functions by own time",
+        "",
+        "| function | own | with callees |",
+        "|---|---|---|",
+    ]
     for k, n in sorted(self_t.items(), key=lambda kv: -kv[1])[:30]:
         lines.append(f"| `{k}` | {n / total * 100:.1f}% | {incl.get(k, 0) / total * 100:.1f}% |")
-    lines += ["", "## Top functions with their callees", "", "| function | with callees |", "|---|---|"]
+    lines += [
+        "",
+        "## Top functions with their callees",
+        "",
+        "| function | with callees |",
+        "|---|---|",
+    ]
     for k, n in sorted(incl.items(), key=lambda kv: -kv[1])[:40]:
         lines.append(f"| `{k}` | {n / total * 100:.1f}% |")
     return "\n".join(lines) + "\n"
@@ -1425,23 +1807,57 @@ def classify(keys: list[str]) -> str:
 
 # -- main ----------------------------------------------------------------------------------
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="one short repetition (< 3 min)")
     ap.add_argument("--reps", type=int, help="repetitions (default 3; quick 1)")
     ap.add_argument("--duration", type=int, help="seconds per measured run (default 3; quick 1)")
-    ap.add_argument("--warmup", type=int, help="seconds of warm-up per proxy and cell in the first repetition")
-    ap.add_argument("--queue-duration", type=int, help="seconds of each queue-pressure run (default 10; quick 5)")
-    ap.add_argument("--only", help=f"comma-separated proxies to run besides wsgiproxy ({', '.join(PROXIES)}; 'queue')")
+    ap.add_argument(
+        "--warmup", type=int, help="seconds of warm-up per proxy and cell in the first repetition"
+    )
+    ap.add_argument(
+        "--queue-duration",
+        type=int,
+        help="seconds of each queue-pressure run (default 10; quick 5)",
+    )
+    ap.add_argument(
+        "--only",
+        help=f"comma-separated proxies to run besides wsgiproxy ({', '.join(PROXIES)}; 'queue')",
+    )
     ap.add_argument("--cells", help="comma-separated cell names, e.g. '100B c64,HTTPS 100B c64'")
-    ap.add_argument("--x-tree", help="run wsgiproxy-x from this tree's wsgiproxy/ (e.g. a git worktree of another commit)")
-    ap.add_argument("--x-env", default="", help="K=V,... settings of the wsgiproxy-x experiment (name it in --only)")
+    ap.add_argument(
+        "--x-tree",
+        help="run wsgiproxy-x from this tree's wsgiproxy/ (e.g. a git worktree of another commit)",
+    )
+    ap.add_argument(
+        "--x-env",
+        default="",
+        help="K=V,... settings of the wsgiproxy-x experiment (name it in --only)",
+    )
     ap.add_argument("--no-queue", action="store_true", help="skip the queue-pressure run")
     ap.add_argument("--no-memory", action="store_true", help="skip the 50 MB response check")
-    ap.add_argument("--budget", type=float, help="minutes after which no new repetition starts (default 17; quick 2.5)")
-    ap.add_argument("--live-tree", action="store_true", help="run wsgiproxy from the work tree, not a snapshot of it")
-    ap.add_argument("--profile", action="store_true", help="profile wsgiproxy's workers with py-spy under load instead")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        help="minutes after which no new repetition starts (default 17; quick 2.5)",
+    )
+    ap.add_argument(
+        "--live-tree",
+        action="store_true",
+        help="run wsgiproxy from the work tree, not a snapshot of it",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile wsgiproxy's workers with py-spy under load instead",
+    )
     ap.add_argument("--profile-proxy", default="wsgiproxy")
-    ap.add_argument("--profile-cell", default="100b", help="100b, 100k, https or forward (all at 64 connections)")
+    ap.add_argument(
+        "--profile-cell",
+        default="100b",
+        help="100b, 100k, https or forward (all at 64 connections)",
+    )
     ap.add_argument("--profile-seconds", type=float, default=12)
     args = ap.parse_args()
     q = args.quick
@@ -1453,7 +1869,9 @@ def main() -> int:
     args.cells = [c.strip() for c in args.cells.split(",")] if args.cells else None
 
     if not (PRODUCT_BIN / "gunicorn").exists():
-        raise SystemExit("bench: .venv missing: run `make bench` (it creates .venv from requirements.txt)")
+        raise SystemExit(
+            "bench: .venv missing: run `make bench` (it creates .venv from requirements.txt)"
+        )
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < min(hard, 20000):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20000), hard))
@@ -1465,7 +1883,9 @@ def main() -> int:
         signal.signal(sig, on_signal)
     # Whatever happens, the run ends: past this the finally blocks stop everything.
     hard_limit = int((args.budget + 8) * 60) if not args.profile else 600
-    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("bench: hard time limit")))
+    signal.signal(
+        signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("bench: hard time limit"))
+    )
     signal.alarm(hard_limit)
     if args.profile:
         return run_profile(args)

@@ -10,6 +10,7 @@ UPSTREAM: base URL. UPSTREAM_CA: CA file for an https upstream (passed as the cl
 import os
 
 import urllib3
+
 from wsgiproxy import HostProxy
 
 UPSTREAM = os.environ["UPSTREAM"]

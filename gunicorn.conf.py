@@ -5,7 +5,7 @@
 This file runs in the gunicorn master. It validates the whole environment first: a bad
 value prints one line naming the variable and stops start-up with status 2, before any
 worker exists (a worker failing at boot would be respawned in a loop). It imports only
-``wsgiproxy.config`` (stdlib), under an underscore name, because gunicorn applies every
+``wsgiproxy.settings`` (stdlib), under an underscore name, because gunicorn applies every
 top-level name that matches one of its settings; nothing here opens a socket or starts a
 thread. The pool and its threads are built when each worker imports the app, which under
 the gevent worker happens after ``monkey.patch_all()``: never set ``preload_app``.
@@ -16,7 +16,7 @@ import os as _os
 import shutil as _shutil
 import tempfile as _tempfile
 
-from wsgiproxy.config import load_settings as _load_settings
+from wsgiproxy.settings import load_settings as _load_settings
 
 _settings = _load_settings()
 
@@ -36,18 +36,18 @@ else:
         _os.remove(_stale)
 
 # -- Server socket ---------------------------------------------------------------------
-bind = [_settings.bind]
+bind = [_settings.server.bind]
 
 # -- Workers ---------------------------------------------------------------------------
-workers = _settings.workers
-worker_class = _settings.worker_class
-worker_connections = _settings.worker_connections
-if _settings.worker_class == "gthread":
+workers = _settings.server.workers
+worker_class = _settings.server.worker_class
+worker_connections = _settings.server.worker_connections
+if _settings.server.worker_class == "gthread":
     # Only for gthread: gunicorn turns a "sync" worker with threads > 1 into gthread.
-    threads = _settings.threads
+    threads = _settings.server.threads
 # The heartbeat limit: a sync or gthread worker silent for this long is killed. Leave room
 # for the slowest legitimate upstream exchange (connect + a full read timeout).
-timeout = int(max(30, _settings.connect_timeout + _settings.read_timeout + 10))
+timeout = int(max(30, _settings.timeouts.connect + _settings.timeouts.read + 10))
 graceful_timeout = 30
 # Seconds an idle client keep-alive connection is held open.
 keepalive = 15
@@ -61,8 +61,8 @@ preload_app = False
 forwarded_allow_ips = ""
 
 # -- Logging ---------------------------------------------------------------------------
-loglevel = _settings.log_level
-accesslog = _settings.access_log
+loglevel = _settings.server.log_level
+accesslog = _settings.server.access_log
 errorlog = "-"
 # Adds, per request: time to the upstream's response head, time spent getting a pooled
 # connection (queueing plus connect), and whether that connection was new or reused.

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from wsgiproxy.routing import _own_address
-from wsgiproxy.upstream import _ip_family
+from wsgiproxy.client.transport import ip_family
+from wsgiproxy.proxy.policy import own_address
 
 
 @pytest.mark.parametrize(
@@ -28,14 +28,14 @@ from wsgiproxy.upstream import _ip_family
     ],
 )
 def test_only_plain_ip_addresses_are_dialled_directly(host: str, family: int | None) -> None:
-    assert _ip_family(host) == family
+    assert ip_family(host) == family
 
 
 def test_own_address_of_a_tcp_listener_and_of_a_unix_socket() -> None:
     """On a unix-socket bind getsockname() is a path: that must not turn a forward
     request into a 500."""
     tcp = SimpleNamespace(getsockname=lambda: ("127.0.0.1", 8080))
-    assert _own_address({"gunicorn.socket": tcp}) == ("127.0.0.1", 8080)
+    assert own_address({"gunicorn.socket": tcp}) == ("127.0.0.1", 8080)
     unix = SimpleNamespace(getsockname=lambda: "/run/wsgiproxy.sock")
     environ = {"gunicorn.socket": unix, "SERVER_NAME": "localhost", "SERVER_PORT": "8080"}
-    assert _own_address(environ) == ("localhost", 8080)
+    assert own_address(environ) == ("localhost", 8080)

@@ -11,14 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from wsgiproxy.config import (
-    ConfigError,
-    HostPatterns,
-    Route,
-    Settings,
-    UpstreamURL,
-    load_settings,
-)
+from wsgiproxy.settings import ConfigError, Settings, load_settings
+from wsgiproxy.values import HostPatterns, Route, UpstreamURL
 
 ROOT = Path(__file__).resolve().parent.parent
 URL_HINT = "must be an http:// or https:// URL with a host, like http://10.0.0.5:8000"
@@ -26,6 +20,14 @@ URL_HINT = "must be an http:// or https:// URL with a host, like http://10.0.0.5
 
 def settings(**env: str) -> Settings:
     return Settings.from_env(env)
+
+
+def field(s: Settings, dotted: str) -> object:
+    """``field(s, "timeouts.pool")`` is ``s.timeouts.pool``."""
+    value: object = s
+    for name in dotted.split("."):
+        value = getattr(value, name)
+    return value
 
 
 def problems(**env: str) -> list[str]:
@@ -47,73 +49,72 @@ def clean_env(**extra: str) -> dict[str, str]:
 def test_defaults_from_empty_environment() -> None:
     """With nothing set, the proxy would not start with the documented defaults."""
     s = Settings.from_env({})
-    assert s.bind == "127.0.0.1:8080"
-    assert s.workers == (os.cpu_count() or 1)
-    assert s.worker_class == "gevent"
-    assert s.worker_connections == 1000
-    assert s.threads == 32
-    assert s.upstream is None
-    assert s.routes == ()
-    assert s.preserve_host is False
-    assert s.forward is True
-    assert s.allow_clients == (ip_network("127.0.0.0/8"), ip_network("::1"))
-    assert s.allow_hosts == HostPatterns(True, frozenset(), (), ())
-    assert s.max_body == 0
-    assert s.admin_prefix == "/_proxy"
-    assert s.connect_ports == frozenset({443})
-    assert s.allow_private is False
-    assert s.auth_file is None
-    assert s.log_level == "info"
-    assert s.access_log == "-"
-    assert s.max_connections == 100
-    assert s.max_keepalive_connections == 20
-    assert s.keepalive_expiry == 300.0
-    assert s.connect_timeout == 10.0
-    assert s.read_timeout == 30.0
-    assert s.write_timeout == 10.0
-    assert s.pool_timeout == 5.0
-    assert s.pool_enabled is True
-    assert s.health_interval == 60.0
-    assert s.health_path is None
-    assert s.tls_verify is True
-    assert s.ca_bundle is None
-    assert s.upstreams == ()
+    assert s.server.bind == "127.0.0.1:8080"
+    assert s.server.workers == (os.cpu_count() or 1)
+    assert s.server.worker_class == "gevent"
+    assert s.server.worker_connections == 1000
+    assert s.server.threads == 32
+    assert s.requests.upstream is None
+    assert s.requests.routes == ()
+    assert s.requests.preserve_host is False
+    assert s.forward.enabled is True
+    assert s.forward.allow_clients == (ip_network("127.0.0.0/8"), ip_network("::1"))
+    assert s.forward.allow_hosts == HostPatterns(True, frozenset(), (), ())
+    assert s.requests.max_body == 0
+    assert s.requests.admin_prefix == "/_proxy"
+    assert s.forward.connect_ports == frozenset({443})
+    assert s.forward.allow_private is False
+    assert s.forward.auth_file is None
+    assert s.server.log_level == "info"
+    assert s.server.access_log == "-"
+    assert s.pool.max_connections == 100
+    assert s.pool.max_keepalive == 20
+    assert s.pool.keepalive_expiry == 300.0
+    assert s.timeouts.connect == 10.0
+    assert s.timeouts.read == 30.0
+    assert s.timeouts.write == 10.0
+    assert s.timeouts.pool == 5.0
+    assert s.pool.enabled is True
+    assert s.health.interval == 60.0
+    assert s.health.path is None
+    assert s.tls.verify is True
+    assert s.tls.ca_bundle is None
 
 
 def test_settings_are_frozen() -> None:
     """Code could change a setting after start-up and workers would disagree."""
     s = Settings.from_env({})
     with pytest.raises(dataclasses.FrozenInstanceError):
-        s.pool_timeout = 1.0  # type: ignore[misc]
+        s.timeouts.pool = 1.0  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
     ("name", "attr", "default"),
     [
-        ("PROXY_BIND", "bind", "127.0.0.1:8080"),
-        ("PROXY_WORKER_CLASS", "worker_class", "gevent"),
-        ("PROXY_THREADS", "threads", 32),
-        ("PROXY_UPSTREAM", "upstream", None),
-        ("PROXY_ROUTES", "routes", ()),
-        ("PROXY_FORWARD", "forward", True),
-        ("PROXY_CONNECT_PORTS", "connect_ports", frozenset({443})),
-        ("PROXY_AUTH_FILE", "auth_file", None),
-        ("PROXY_LOG_LEVEL", "log_level", "info"),
-        ("HTTP_POOL_TIMEOUT", "pool_timeout", 5.0),
-        ("HTTP_HEALTH_PATH", "health_path", None),
-        ("HTTP_CA_BUNDLE", "ca_bundle", None),
+        ("PROXY_BIND", "server.bind", "127.0.0.1:8080"),
+        ("PROXY_WORKER_CLASS", "server.worker_class", "gevent"),
+        ("PROXY_THREADS", "server.threads", 32),
+        ("PROXY_UPSTREAM", "requests.upstream", None),
+        ("PROXY_ROUTES", "requests.routes", ()),
+        ("PROXY_FORWARD", "forward.enabled", True),
+        ("PROXY_CONNECT_PORTS", "forward.connect_ports", frozenset({443})),
+        ("PROXY_AUTH_FILE", "forward.auth_file", None),
+        ("PROXY_LOG_LEVEL", "server.log_level", "info"),
+        ("HTTP_POOL_TIMEOUT", "timeouts.pool", 5.0),
+        ("HTTP_HEALTH_PATH", "health.path", None),
+        ("HTTP_CA_BUNDLE", "tls.ca_bundle", None),
     ],
 )
 @pytest.mark.parametrize("empty", ["", "  "])
 def test_empty_value_means_default(name: str, attr: str, default: object, empty: str) -> None:
     """`FOO=` in a compose file or systemd unit would stop start-up instead of using the default."""
-    assert getattr(Settings.from_env({name: empty}), attr) == default
+    assert field(Settings.from_env({name: empty}), attr) == default
 
 
 def test_empty_access_log_turns_it_off() -> None:
     """PROXY_ACCESS_LOG= could not switch off gunicorn's access log."""
-    assert settings(PROXY_ACCESS_LOG="").access_log is None
-    assert settings(PROXY_ACCESS_LOG="/var/log/proxy.log").access_log == "/var/log/proxy.log"
+    assert settings(PROXY_ACCESS_LOG="").server.access_log is None
+    assert settings(PROXY_ACCESS_LOG="/var/log/proxy.log").server.access_log == "/var/log/proxy.log"
 
 
 # --- good values ------------------------------------------------------------------------
@@ -122,62 +123,62 @@ def test_empty_access_log_turns_it_off() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "attr", "expected"),
     [
-        ("PROXY_BIND", "0.0.0.0:9000", "bind", "0.0.0.0:9000"),
-        ("PROXY_BIND", "localhost:80", "bind", "localhost:80"),
-        ("PROXY_BIND", "[::]:8080", "bind", "[::]:8080"),
-        ("PROXY_BIND", "unix:/run/proxy.sock", "bind", "unix:/run/proxy.sock"),
-        ("PROXY_BIND", "fd://3", "bind", "fd://3"),
-        ("PROXY_WORKERS", "4", "workers", 4),
-        ("PROXY_WORKER_CLASS", "gthread", "worker_class", "gthread"),
-        ("PROXY_WORKER_CLASS", "SYNC", "worker_class", "sync"),
-        ("PROXY_WORKER_CONNECTIONS", "50", "worker_connections", 50),
-        ("PROXY_THREADS", "8", "threads", 8),
-        ("PROXY_PRESERVE_HOST", "1", "preserve_host", True),
-        ("PROXY_PRESERVE_HOST", "yes", "preserve_host", True),
-        ("PROXY_FORWARD", "0", "forward", False),
-        ("PROXY_FORWARD", "False", "forward", False),
+        ("PROXY_BIND", "0.0.0.0:9000", "server.bind", "0.0.0.0:9000"),
+        ("PROXY_BIND", "localhost:80", "server.bind", "localhost:80"),
+        ("PROXY_BIND", "[::]:8080", "server.bind", "[::]:8080"),
+        ("PROXY_BIND", "unix:/run/proxy.sock", "server.bind", "unix:/run/proxy.sock"),
+        ("PROXY_BIND", "fd://3", "server.bind", "fd://3"),
+        ("PROXY_WORKERS", "4", "server.workers", 4),
+        ("PROXY_WORKER_CLASS", "gthread", "server.worker_class", "gthread"),
+        ("PROXY_WORKER_CLASS", "SYNC", "server.worker_class", "sync"),
+        ("PROXY_WORKER_CONNECTIONS", "50", "server.worker_connections", 50),
+        ("PROXY_THREADS", "8", "server.threads", 8),
+        ("PROXY_PRESERVE_HOST", "1", "requests.preserve_host", True),
+        ("PROXY_PRESERVE_HOST", "yes", "requests.preserve_host", True),
+        ("PROXY_FORWARD", "0", "forward.enabled", False),
+        ("PROXY_FORWARD", "False", "forward.enabled", False),
         (
             "PROXY_ALLOW_CLIENTS",
             "10.0.0.0/8, 192.168.1.7",
-            "allow_clients",
+            "forward.allow_clients",
             (ip_network("10.0.0.0/8"), ip_network("192.168.1.7/32")),
         ),
         (
             "PROXY_ALLOW_CLIENTS",
             "10.1.2.3/8,fd00::/8",
-            "allow_clients",
+            "forward.allow_clients",
             (ip_network("10.0.0.0/8"), ip_network("fd00::/8")),
         ),
-        ("PROXY_MAX_BODY", "1048576", "max_body", 1048576),
-        ("PROXY_MAX_BODY", "0", "max_body", 0),
-        ("PROXY_ADMIN_PREFIX", "/admin/", "admin_prefix", "/admin"),
-        ("PROXY_ADMIN_PREFIX", "/a/b", "admin_prefix", "/a/b"),
-        ("PROXY_CONNECT_PORTS", "443, 8443,443", "connect_ports", frozenset({443, 8443})),
-        ("PROXY_ALLOW_PRIVATE", "TRUE", "allow_private", True),
-        ("PROXY_LOG_LEVEL", "DEBUG", "log_level", "debug"),
-        ("PROXY_LOG_LEVEL", "critical", "log_level", "critical"),
-        ("HTTP_MAX_CONNECTIONS", "1", "max_connections", 1),
-        ("HTTP_MAX_KEEPALIVE_CONNECTIONS", "0", "max_keepalive_connections", 0),
-        ("HTTP_KEEPALIVE_EXPIRY", "0", "keepalive_expiry", 0.0),
-        ("HTTP_KEEPALIVE_EXPIRY", "2.5", "keepalive_expiry", 2.5),
-        ("HTTP_CONNECT_TIMEOUT", "0.25", "connect_timeout", 0.25),
-        ("HTTP_READ_TIMEOUT", "120", "read_timeout", 120.0),
-        ("HTTP_WRITE_TIMEOUT", "1e1", "write_timeout", 10.0),
-        ("HTTP_POOL_TIMEOUT", " 0.5 ", "pool_timeout", 0.5),
-        ("HTTP_POOL_ENABLED", "0", "pool_enabled", False),
-        ("HTTP_HEALTH_INTERVAL", "15", "health_interval", 15.0),
-        ("HTTP_HEALTH_PATH", "/healthz", "health_path", "/healthz"),
-        ("HTTP_TLS_VERIFY", "no", "tls_verify", False),
+        ("PROXY_MAX_BODY", "1048576", "requests.max_body", 1048576),
+        ("PROXY_MAX_BODY", "0", "requests.max_body", 0),
+        ("PROXY_ADMIN_PREFIX", "/admin/", "requests.admin_prefix", "/admin"),
+        ("PROXY_ADMIN_PREFIX", "/a/b", "requests.admin_prefix", "/a/b"),
+        ("PROXY_CONNECT_PORTS", "443, 8443,443", "forward.connect_ports", frozenset({443, 8443})),
+        ("PROXY_ALLOW_PRIVATE", "TRUE", "forward.allow_private", True),
+        ("PROXY_LOG_LEVEL", "DEBUG", "server.log_level", "debug"),
+        ("PROXY_LOG_LEVEL", "critical", "server.log_level", "critical"),
+        ("HTTP_MAX_CONNECTIONS", "1", "pool.max_connections", 1),
+        ("HTTP_MAX_KEEPALIVE_CONNECTIONS", "0", "pool.max_keepalive", 0),
+        ("HTTP_KEEPALIVE_EXPIRY", "0", "pool.keepalive_expiry", 0.0),
+        ("HTTP_KEEPALIVE_EXPIRY", "2.5", "pool.keepalive_expiry", 2.5),
+        ("HTTP_CONNECT_TIMEOUT", "0.25", "timeouts.connect", 0.25),
+        ("HTTP_READ_TIMEOUT", "120", "timeouts.read", 120.0),
+        ("HTTP_WRITE_TIMEOUT", "1e1", "timeouts.write", 10.0),
+        ("HTTP_POOL_TIMEOUT", " 0.5 ", "timeouts.pool", 0.5),
+        ("HTTP_POOL_ENABLED", "0", "pool.enabled", False),
+        ("HTTP_HEALTH_INTERVAL", "15", "health.interval", 15.0),
+        ("HTTP_HEALTH_PATH", "/healthz", "health.path", "/healthz"),
+        ("HTTP_TLS_VERIFY", "no", "tls.verify", False),
     ],
 )
 def test_good_value(name: str, value: str, attr: str, expected: object) -> None:
     """A documented value would be refused or read wrongly at start-up."""
-    assert getattr(Settings.from_env({name: value}), attr) == expected
+    assert field(Settings.from_env({name: value}), attr) == expected
 
 
 def test_upstream_is_parsed() -> None:
     """PROXY_UPSTREAM would send requests to the wrong host, port or base path."""
-    u = settings(PROXY_UPSTREAM="http://10.0.0.5:8000/base/").upstream
+    u = settings(PROXY_UPSTREAM="http://10.0.0.5:8000/base/").requests.upstream
     assert u == UpstreamURL("http", "10.0.0.5", 8000, "/base", "http://10.0.0.5:8000/base/")
 
 
@@ -188,7 +189,7 @@ def test_readable_files_are_accepted(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     s = settings(PROXY_AUTH_FILE=str(auth), HTTP_CA_BUNDLE=str(ca))
-    assert (s.auth_file, s.ca_bundle) == (str(auth), str(ca))
+    assert (s.forward.auth_file, s.tls.ca_bundle) == (str(auth), str(ca))
 
 
 def test_htpasswd_without_bcrypt_entries_is_refused(tmp_path: Path) -> None:
@@ -208,8 +209,8 @@ def test_htpasswd_without_bcrypt_entries_is_refused(tmp_path: Path) -> None:
 def test_keepalive_is_capped_at_max_connections() -> None:
     """Lowering HTTP_MAX_CONNECTIONS below the idle limit would stop start-up."""
     s = settings(HTTP_MAX_CONNECTIONS="5", HTTP_MAX_KEEPALIVE_CONNECTIONS="20")
-    assert (s.max_connections, s.max_keepalive_connections) == (5, 5)
-    assert settings(HTTP_MAX_CONNECTIONS="5").max_keepalive_connections == 5
+    assert (s.pool.max_connections, s.pool.max_keepalive) == (5, 5)
+    assert settings(HTTP_MAX_CONNECTIONS="5").pool.max_keepalive == 5
 
 
 # --- bad values -------------------------------------------------------------------------
@@ -406,69 +407,15 @@ def test_upstream_url_refuses(text: str, message: str) -> None:
 def test_routes_are_stored_longest_prefix_first() -> None:
     """A short prefix listed first would capture paths meant for a longer one."""
     s = settings(PROXY_ROUTES="/=http://root, /api=http://api,/api/v2/=http://v2")
-    assert [r.prefix for r in s.routes] == ["/api/v2", "/api", "/"]
-    assert s.routes[0] == Route("/api/v2", UpstreamURL.parse("http://v2"))
-
-
-@pytest.fixture
-def routed() -> Settings:
-    return settings(
-        PROXY_UPSTREAM="http://default:8000",
-        PROXY_ROUTES="/api=http://api,/api/v2=http://v2/base",
-    )
-
-
-@pytest.mark.parametrize(
-    ("path", "host"),
-    [
-        ("/api", "api"),
-        ("/api/", "api"),
-        ("/api/users", "api"),
-        ("/api/v2", "v2"),
-        ("/api/v2/users", "v2"),
-        ("/api/v20", "api"),
-        ("/apiary", "default"),
-        ("/ap", "default"),
-        ("/", "default"),
-        ("/API", "default"),
-    ],
-)
-def test_route_for_matches_whole_segments(routed: Settings, path: str, host: str) -> None:
-    """'/api' would swallow '/apiary', or a longer prefix would lose to a shorter one."""
-    upstream = routed.route_for(path)
-    assert upstream is not None
-    assert upstream.host == host
-
-
-def test_root_route_matches_everything() -> None:
-    """A '/' route would leave some paths unrouted (404) or lose to PROXY_UPSTREAM."""
-    s = settings(PROXY_UPSTREAM="http://fallback", PROXY_ROUTES="/=http://root,/x=http://x")
-    picked = [s.route_for(p) for p in ("/", "/a/b", "/x/1", "/xy")]
-    assert [u.host if u else None for u in picked] == ["root", "root", "x", "root"]
-
-
-def test_route_for_without_match_is_none() -> None:
-    """A path no route covers would go to a random upstream instead of a 404."""
-    s = settings(PROXY_ROUTES="/api=http://api")
-    assert s.route_for("/other") is None
-    assert Settings.from_env({}).route_for("/anything") is None
-
-
-def test_upstreams_lists_each_once_upstream_first() -> None:
-    """The health thread would skip an upstream or probe one twice."""
-    s = settings(
-        PROXY_UPSTREAM="http://a",
-        PROXY_ROUTES="/x=http://b,/y=http://a:80/,/zz=http://b",
-    )
-    assert [(u.host, u.path) for u in s.upstreams] == [("a", ""), ("b", "")]
-    assert settings(PROXY_ROUTES="/x=http://b").upstreams == (UpstreamURL.parse("http://b"),)
+    assert [r.prefix for r in s.requests.routes] == ["/api/v2", "/api", "/"]
+    assert s.requests.routes[0] == Route("/api/v2", UpstreamURL.parse("http://v2"))
 
 
 # --- HostPatterns -----------------------------------------------------------------------
 
 
 def hosts(text: str) -> HostPatterns:
-    return settings(PROXY_ALLOW_HOSTS=text).allow_hosts
+    return settings(PROXY_ALLOW_HOSTS=text).forward.allow_hosts
 
 
 def test_host_patterns_exact_names() -> None:
@@ -546,16 +493,16 @@ def test_host_patterns_mapped_network_matches_ipv4() -> None:
 )
 def test_client_allowed_default(address: str, allowed: bool) -> None:
     """Local clients would be refused, or remote ones let through, under the default."""
-    assert Settings.from_env({}).client_allowed(address) is allowed
+    assert Settings.from_env({}).forward.client_allowed(address) is allowed
 
 
 def test_client_allowed_with_scope_and_custom_networks() -> None:
     """A link-local client with a %scope or a configured network would be refused."""
     s = settings(PROXY_ALLOW_CLIENTS="fe80::/10,192.168.0.0/16")
-    assert s.client_allowed("fe80::1%eth0")
-    assert s.client_allowed("192.168.3.4")
-    assert s.client_allowed("::ffff:192.168.3.4")
-    assert not s.client_allowed("127.0.0.1")
+    assert s.forward.client_allowed("fe80::1%eth0")
+    assert s.forward.client_allowed("192.168.3.4")
+    assert s.forward.client_allowed("::ffff:192.168.3.4")
+    assert not s.forward.client_allowed("127.0.0.1")
 
 
 # --- load_settings ----------------------------------------------------------------------
@@ -563,7 +510,7 @@ def test_client_allowed_with_scope_and_custom_networks() -> None:
 
 def test_load_settings_returns_settings() -> None:
     """A good environment would not produce settings for gunicorn.conf.py."""
-    assert load_settings({"PROXY_THREADS": "4"}).threads == 4
+    assert load_settings({"PROXY_THREADS": "4"}).server.threads == 4
 
 
 def test_load_settings_prints_each_problem_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -582,7 +529,7 @@ def test_load_settings_prints_each_problem_and_exits_2(capsys: pytest.CaptureFix
 def test_load_settings_reads_os_environ_in_a_real_process() -> None:
     """Start-up with a bad variable would print a traceback or exit with a respawnable code."""
     proc = subprocess.run(
-        [sys.executable, "-c", "from wsgiproxy.config import load_settings; load_settings()"],
+        [sys.executable, "-c", "from wsgiproxy.settings import load_settings; load_settings()"],
         cwd=ROOT,
         env=clean_env(HTTP_POOL_TIMEOUT="-1"),
         capture_output=True,
@@ -598,7 +545,7 @@ def test_load_settings_reads_os_environ_in_a_real_process() -> None:
 def test_import_pulls_in_no_network_or_gevent_modules() -> None:
     """The gunicorn master would import ssl/urllib3 before gevent patches them in workers."""
     code = (
-        "import sys, wsgiproxy.config\n"
+        "import sys, wsgiproxy.settings\n"
         "print(','.join(m for m in ('ssl', 'urllib3', 'flask', 'gevent') if m in sys.modules))"
     )
     proc = subprocess.run(

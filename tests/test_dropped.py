@@ -8,7 +8,7 @@ import threading
 
 import trustme
 
-from wsgiproxy.upstream import is_dropped
+from wsgiproxy.client.transport import is_dropped
 
 
 def test_a_quiet_open_socket_is_kept_and_any_sign_of_the_peer_drops_it() -> None:

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import ROOT, Proxy, clean_env, request, wait_until
 from tests.upstream import UpstreamServer
 from wsgiproxy.app import create_app
-from wsgiproxy.config import Settings
+from wsgiproxy.settings import Settings
 
 WORKERS = ["gevent", "gthread"]
 
@@ -205,7 +205,7 @@ def test_gevent_self_check_names_wrong_import_order() -> None:
         "import urllib3\n"
         "from gevent import monkey; monkey.patch_all()\n"
         "from wsgiproxy.app import create_app\n"
-        "from wsgiproxy.config import Settings\n"
+        "from wsgiproxy.settings import Settings\n"
         "app = create_app(Settings.from_env({}), start_health=False)\n"
         "print(app.extensions['wsgiproxy'].gevent_warnings)\n"
     )

@@ -9,17 +9,16 @@ from collections.abc import Callable
 
 import pytest
 
-from wsgiproxy.pool import (
+from wsgiproxy.addresses import Origin, format_origin
+from wsgiproxy.client.pool import (
     Decision,
     Lease,
     Limits,
-    Origin,
     Pool,
     PoolState,
     PoolTimeout,
     Transition,
     Waiter,
-    format_origin,
 )
 
 A: Origin = ("http", "a", 80)
@@ -564,7 +563,7 @@ def test_failing_close_and_callback_still_wake_and_count() -> None:
 
 def test_debug_log_says_each_decision(caplog: pytest.LogCaptureFixture) -> None:
     """Operators debugging PROXY_LOG_LEVEL=debug would get no or misleading pool lines."""
-    caplog.set_level(logging.DEBUG, logger="wsgiproxy.pool")
+    caplog.set_level(logging.DEBUG, logger="wsgiproxy.client.pool")
     pool, clock, script, seen = new_pool(Limits(2, 1, 10.0))
     a, b = hold(pool, A), hold(pool, B)
     pool.release(a, reusable=True)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from wsgiproxy.pool import Lease, Limits, Origin, Pool, PoolTimeout
+from wsgiproxy.addresses import Origin
+from wsgiproxy.client.pool import Lease, Limits, Pool, PoolTimeout
 
 ORIGINS: list[Origin] = [("http", "a", 80), ("http", "b", 80), ("https", "::1", 8443)]
 REPO = Path(__file__).resolve().parent.parent
@@ -213,7 +214,7 @@ GEVENT_SCRIPT = textwrap.dedent(
 
     import gevent
 
-    from wsgiproxy.pool import Limits, Pool, PoolTimeout
+    from wsgiproxy.client.pool import Limits, Pool, PoolTimeout
 
     class Conn:
         def __init__(self):

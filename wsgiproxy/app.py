@@ -9,51 +9,34 @@ requests bypass Flask's routing: ``app.wsgi_app`` is wrapped so that only paths 
 gunicorn (``wsgiproxy.app:app``) imports this module in each worker, after gevent has
 patched, and ``flask --app wsgiproxy.app run`` imports it in the dev server: the
 module-level ``app`` and ``pool_manager`` are therefore per process, never built in the
-gunicorn master (which imports only ``wsgiproxy.config``).
+gunicorn master (which imports only ``wsgiproxy.settings``).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
-from typing import Any
 
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from .admin import DecisionLog, ProxyState, admin_blueprint, plain_flask_response
-from .auth import ProxyAuth
-from .config import Settings, load_settings
-from .forwarding import Forwarder, StartResponse
-from .health import HealthMonitor, gevent_warnings
+from .admin.decisions import DecisionLog
+from .admin.endpoints import admin_blueprint, plain_flask_response
+from .client.exchange import UpstreamClient
+from .concurrency import gevent_warnings
+from .health import HealthMonitor
 from .metrics import Metrics
-from .routing import raw_target
-from .upstream import UpstreamClient
+from .proxy.auth import ProxyAuth
+from .proxy.dispatch import Dispatcher
+from .proxy.handler import Forwarder
+from .proxy.policy import ForwardGuard
+from .proxy.routing import Router
+from .proxy.tunnel import Tunnels
+from .settings import Settings, load_settings
+from .state import ProxyState
+from .upstreams.routes import Upstreams
 
 log = logging.getLogger(__name__)
-
-
-class Dispatcher:
-    """Sends admin paths to Flask and every other request to the forwarder.
-
-    Only origin-form requests can reach the admin endpoints: an absolute-form request for
-    ``http://elsewhere/_proxy/health`` is forward-proxy traffic for that host.
-    """
-
-    def __init__(self, flask_app: Any, forwarder: Forwarder, prefix: str) -> None:
-        self.flask_app = flask_app
-        self.forwarder = forwarder
-        self.prefix = prefix
-        self.prefix_slash = prefix + "/"
-
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if (path == self.prefix or path.startswith(self.prefix_slash)) and raw_target(
-            environ
-        ).startswith("/"):
-            return self.flask_app(environ, start_response)  # type: ignore[no-any-return]
-        return self.forwarder(environ, start_response)
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -62,7 +45,7 @@ def _configure_logging(settings: Settings) -> None:
     Under gunicorn the lines go to gunicorn's error log handlers; elsewhere to stderr.
     Nothing is added when the application (or pytest) already configured logging.
     """
-    level = getattr(logging, settings.log_level.upper(), logging.INFO)
+    level = getattr(logging, settings.server.log_level.upper(), logging.INFO)
     ours = logging.getLogger("wsgiproxy")
     ours.setLevel(level)
     if ours.handlers or logging.getLogger().handlers:
@@ -94,14 +77,30 @@ def create_app(settings: Settings | None = None, *, start_health: bool = True) -
     _configure_logging(settings)
     app = Flask(__name__)
     decisions = DecisionLog()
-    client = UpstreamClient(settings, on_decision=decisions.record)
+    client = UpstreamClient(
+        settings.pool, settings.timeouts, settings.tls, on_decision=decisions.record
+    )
+    upstreams = Upstreams(settings.requests, client.manager.pin, settings.health.path)
     metrics = Metrics()
-    auth = ProxyAuth.from_file(settings.auth_file) if settings.auth_file else None
-    forwarder = Forwarder(settings, client, metrics, auth)
-    monitor = HealthMonitor(settings, client, metrics, forwarder.tunnels.stats)
+    policy = settings.forward
+    guard = ForwardGuard(
+        policy, ProxyAuth.from_file(policy.auth_file) if policy.auth_file else None
+    )
+    router = Router(upstreams, guard, settings.requests.preserve_host)
+    tunnels = Tunnels(policy, settings.timeouts, guard)
+    forwarder = Forwarder(settings.requests, client, metrics, router, tunnels)
+    monitor = HealthMonitor(
+        settings.health,
+        settings.timeouts.connect,
+        client,
+        upstreams.servers,
+        metrics,
+        tunnels.stats,
+    )
     state = ProxyState(
         settings,
         client,
+        upstreams,
         forwarder,
         metrics,
         monitor,
@@ -119,7 +118,7 @@ def create_app(settings: Settings | None = None, *, start_health: bool = True) -
         return plain_flask_response(code, exc.description or exc.name, "admin-" + str(code))
 
     app.wsgi_app = Dispatcher(  # type: ignore[method-assign]
-        app.wsgi_app, forwarder, settings.admin_prefix
+        app.wsgi_app, forwarder, settings.requests.admin_prefix
     )
     if start_health:
         monitor.start()

@@ -17,17 +17,17 @@ that origin's idle connections, so the next requests start on fresh ones.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
-from .config import Settings, UpstreamURL
+from .client.exchange import UpstreamClient
+from .client.transport import is_dropped, one_line
 from .metrics import Metrics
-from .pool import format_origin
-from .upstream import UpstreamClient, is_dropped
+from .settings import HealthSettings
+from .upstreams.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +35,6 @@ log = logging.getLogger(__name__)
 UNHEALTHY_AFTER = 3
 #: Seconds between metric refreshes (cheap: one pool snapshot).
 REFRESH_EVERY = 1.0
-
-
-@dataclass
-class Probe:
-    """The latest probe of one upstream at ``HTTP_HEALTH_PATH``."""
-
-    url: str
-    ok: bool | None = None
-    status: int | None = None
-    error: str | None = None
-    checked_at: float | None = None
-    failures_in_a_row: int = 0
-    latency_ms: float | None = None
 
 
 def _dead(conn: Any) -> bool:
@@ -61,21 +48,20 @@ class HealthMonitor:
 
     def __init__(
         self,
-        settings: Settings,
+        health: HealthSettings,
+        connect_timeout: float,
         client: UpstreamClient,
+        servers: tuple[Server, ...],
         metrics: Metrics,
         tunnel_stats: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.tunnel_stats = tunnel_stats or dict
-        self.settings = settings
         self.client = client
         self.metrics = metrics
-        self.interval = settings.health_interval
-        self.probes: dict[str, Probe] = {}
-        if settings.health_path:
-            for upstream in settings.upstreams:
-                url = self._probe_url(upstream)
-                self.probes[url] = Probe(url)
+        self.interval = health.interval
+        self.probe_timeout = min(5.0, connect_timeout, health.interval)
+        #: The servers the thread probes (all of them when HTTP_HEALTH_PATH is set).
+        self.probed = tuple(s for s in servers if s.probe_target is not None)
         self.last_check: float | None = None
         self.last_result = "not run yet"
         self.checks = 0
@@ -144,47 +130,33 @@ class HealthMonitor:
         if closed:
             log.info("health thread closed %d idle connection(s) the upstream dropped", closed)
 
-    def _probe_url(self, upstream: UpstreamURL) -> str:
-        return f"{format_origin(upstream.origin)}{upstream.path}{self.settings.health_path}"
-
     def probe_all(self) -> None:
-        if not self.settings.health_path:
-            return
-        for upstream in self.settings.upstreams:
-            self._guarded(lambda u=upstream: self._probe(u))  # type: ignore[misc]
+        for server in self.probed:
+            self._guarded(lambda s=server: self._probe(s))  # type: ignore[misc]
 
-    def _probe(self, upstream: UpstreamURL) -> None:
+    def _probe(self, server: Server) -> None:
         """GET the health path on a connection of its own (never a pooled one)."""
-        probe = self.probes[self._probe_url(upstream)]
+        assert server.probe_target is not None
         started = time.monotonic()
         status: int | None = None
         error: str | None = None
         try:
             status = self.client.probe(
-                upstream.origin,
-                f"{upstream.path}{self.settings.health_path}",
-                upstream.host_header,
-                timeout=min(5.0, self.settings.connect_timeout, self.interval),
+                server.origin_pool, server.probe_target, server.host_header, self.probe_timeout
             )
             if status >= 500:
                 error = f"answered {status}"
         except Exception as exc:
-            error = " ".join(str(exc).split())[:200] or type(exc).__name__
-        probe.checked_at = time.time()
-        probe.latency_ms = round((time.monotonic() - started) * 1000, 1)
-        probe.status = status
-        probe.error = error
-        probe.ok = error is None
-        if probe.ok:
-            probe.failures_in_a_row = 0
+            error = one_line(exc)[:200]
+        server.probed(status, error, time.monotonic() - started)
+        if error is None:
             return
-        probe.failures_in_a_row += 1
-        closed = self.client.pool.close_idle(upstream.origin)
+        closed = self.client.pool.close_idle(server.origin)
         log.warning(
             "health probe of %s failed (%s), %d in a row; closed %d idle connection(s) to it",
-            probe.url,
+            server.probe.url,
             error,
-            probe.failures_in_a_row,
+            server.probe.failures_in_a_row,
             closed,
         )
 
@@ -205,7 +177,7 @@ class HealthMonitor:
 
     def status(self) -> str:
         """``ok``, ``degraded`` or ``unhealthy`` (see the module docstring)."""
-        probes = self.probes.values()
+        probes = [server.probe for server in self.probed]
         if self.unreachable or any(p.failures_in_a_row >= UNHEALTHY_AFTER for p in probes):
             return "unhealthy"
         if self.trouble or any(p.failures_in_a_row for p in probes):
@@ -227,37 +199,4 @@ class HealthMonitor:
 
     def probe_report(self) -> list[dict[str, Any]]:
         """Each upstream probe's latest result."""
-        return [asdict(p) for p in self.probes.values()]
-
-
-def gevent_warnings(pool_lock: object) -> list[str]:
-    """Under gevent, what was set up in the wrong order, each with how to fix it.
-
-    urllib3 or ssl imported before ``monkey.patch_all()`` keep blocking sockets and
-    locks, and a pool lock that is not gevent's blocks the whole worker.
-    """
-    if "gevent" not in sys.modules:
-        return []
-    from gevent import monkey  # type: ignore[import-untyped]
-
-    if not monkey.is_module_patched("socket"):
-        return []
-    warnings = []
-    import ssl
-
-    import urllib3.util.ssl_ as urllib3_ssl
-
-    if urllib3_ssl.SSLContext is not ssl.SSLContext:
-        warnings.append(
-            "urllib3 was imported before gevent patched ssl: its TLS blocks the worker; "
-            "do not import urllib3 (or wsgiproxy.app) in gunicorn.conf.py, and never preload_app"
-        )
-    if not monkey.is_module_patched("threading"):
-        warnings.append("threading is not patched by gevent: run the gevent worker class")
-    if not type(pool_lock).__module__.startswith("gevent"):
-        warnings.append(
-            f"the pool's lock is {type(pool_lock).__module__}.{type(pool_lock).__name__}, not "
-            "gevent's: the pool was built before patching (post_fork or the master?); build "
-            "it when the app loads in the worker"
-        )
-    return warnings
+        return [asdict(server.probe) for server in self.probed]

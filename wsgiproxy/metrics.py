@@ -12,10 +12,10 @@ The pool never imports this module: ``refresh`` is fed from ``Pool.stats()`` sna
 pool's plain counters into Prometheus counter increments.
 
 Requests are tallied the same way. In multiprocess mode every Prometheus update is a
-write to a memory-mapped file behind a lock and a ``getpid()`` check: three metrics per
-request cost 5.8 us, 3-4% of a proxied request. ``observe_request`` adds to plain
-per-worker tallies instead, and ``refresh`` publishes them: a scrape sees the answering
-worker's requests at once and the other workers' within a second.
+write to a memory-mapped file behind a lock and a ``getpid()`` check, too dear for each
+request (bench/README.md has the figure). ``observe_request`` adds to plain per-worker
+tallies instead, and ``refresh`` publishes them: a scrape sees the answering worker's
+requests at once and the other workers' within a second.
 """
 
 from __future__ import annotations
@@ -232,9 +232,3 @@ class _Tallies:
     def take(self) -> dict[Any, _Tally]:
         taken, self.by_key = self.by_key, {}
         return taken
-
-
-def mark_worker_dead(pid: int) -> None:
-    """gunicorn ``child_exit``: drop a dead worker's live gauges from the sums."""
-    if multiprocess_dir() is not None:
-        _multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -1,13 +1,16 @@
-"""A strict, lean parser for the upstream's response head.
+"""HTTP/1.1 on the wire, toward the upstream: one grammar, one writer, one parser.
 
-urllib3's connections keep http.client's ``HTTPResponse`` for reading a response; its
-``begin`` hands the header block to the ``email`` package, which costs about as much as
-the rest of a proxied request put together and treats a bare CR as a line break (so
-``X-A: 1\\rSet-Cookie: x`` would reach the client as two headers). ``UpstreamResponse``
-keeps http.client's body reading (lengths, chunks, read-until-close, ``read1``) and
-replaces only the head: each line is checked as it is read, a malformed head raises
-``http.client.HTTPException`` (a 502), and the headers land in a plain list in order,
-repeats kept, plus a lower-case index for the few lookups the framing needs.
+- The token grammar (RFC 9110 5.6.2) that request methods and header names obey.
+- ``request_head``: the request line and header block, encoded once per request.
+- ``request_framing``: how a client's request body is framed, or why it is refused.
+- ``UpstreamResponse``: http.client's response with a strict head parser. http.client
+  hands the header block to the ``email`` package, which costs about as much as the rest
+  of a proxied request and treats a bare CR as a line break (so ``X-A: 1\\rSet-Cookie: x``
+  would reach the client as two headers). Here each line is checked as it is read, a
+  malformed head raises ``http.client.HTTPException`` (a 502), and the headers land in a
+  plain list in order, repeats kept, plus a lower-case index for the framing lookups.
+  Body reading (lengths, chunks, read-until-close, ``read1``) stays http.client's.
+- ``response_framing_error``: a response head a client must not receive.
 """
 
 from __future__ import annotations
@@ -16,18 +19,114 @@ import http.client
 import re
 from typing import Any
 
+from ..errors import BadRequest, BodyTooLarge, NotSupported
+
+#: Bytes moved per read or send of a body, and the part of a request body kept for a
+#: replay: bounded memory, few system calls.
+BLOCK = 64 * 1024
+
+# tchar (RFC 9110 5.6.2): what a method and a header name are made of.
+_TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
+_METHOD = re.compile(f"[{_TCHAR}]+")
+# A request target on the wire: no spaces, controls or DEL (non-ASCII is checked apart).
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
+_BTCHAR = _TCHAR.encode()
 # A header line: a token, a colon, then visible characters, spaces and tabs.
-_HEADER_LINE = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*\r?\n"
-)
+_HEADER_LINE = re.compile(rb"([" + _BTCHAR + rb"]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*\r?\n")
 # A continuation (obs-fold) line: leading space or tab, then the same characters.
 _FOLD_LINE = re.compile(rb"[ \t]+([\t\x20-\x7e\x80-\xff]*?)[ \t]*\r?\n")
 # The fast path: a whole block of plain CRLF header lines and the blank line ending it.
-_PLAIN_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n")
+_PLAIN_BLOCK = re.compile(rb"(?:[" + _BTCHAR + rb"]+:[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n")
 # Splits a block _PLAIN_BLOCK accepted (so every character is already known good).
 _PLAIN_FIELD = re.compile(rb"([^:]+):[ \t]*([^\r]*)\r\n")
 _MAX_LINE = 65536
 _MAX_HEADERS = 100
+
+
+def is_token(text: str) -> bool:
+    """True for an HTTP token (a method, a header name)."""
+    return _METHOD.fullmatch(text) is not None
+
+
+def request_head(method: str, target: str, headers: dict[str, str], chunked: bool) -> bytes:
+    """The request line and header block, encoded once (also for a replay).
+
+    A method or target the request line cannot carry raises BadRequest (400) before any
+    connection is taken. Header values come from the client's request, which gunicorn
+    (or werkzeug) has already checked for CR, LF and NUL, and from this proxy itself.
+    """
+    if _METHOD.fullmatch(method) is None:
+        raise BadRequest(f"method {method[:40]!r} is not an HTTP token")
+    if _BAD_TARGET.search(target) is not None or not target.isascii():
+        raise BadRequest(f"request target {target[:80]!r} has spaces, controls or non-ASCII")
+    lines = [f"{method} {target} HTTP/1.1".encode("ascii")]
+    lines.extend(f"{name}: {value}".encode("latin-1", "replace") for name, value in headers.items())
+    if chunked:
+        lines.append(b"Transfer-Encoding: chunked")
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+#: The chunk that ends a chunked body (no trailers).
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def request_framing(coding: str | None, length_text: str, max_body: int) -> int | None:
+    """How a request body is framed: its length, 0 for none, None for chunked.
+
+    Raises NotSupported (501) for a transfer coding other than ``chunked`` alone,
+    BadRequest (400) for both framings or an unreadable length, BodyTooLarge (413) for
+    a declared length over ``max_body`` (0: no limit).
+    """
+    if coding is not None:
+        if coding.strip().lower() != "chunked":
+            raise NotSupported(
+                f"Transfer-Encoding {coding[:60]!r} is not supported; only chunked is"
+            )
+        if length_text:
+            raise BadRequest("request has both Content-Length and Transfer-Encoding")
+        return None
+    if not length_text:
+        return 0
+    if not length_text.isdigit():
+        raise BadRequest(f"bad Content-Length {length_text[:40]!r}")
+    length = int(length_text)
+    if max_body and length > max_body:
+        raise BodyTooLarge(f"request body of {length} bytes is over {max_body} (PROXY_MAX_BODY)")
+    return length
+
+
+def response_framing_error(index: dict[str, list[str]]) -> str | None:
+    """Why a response head's framing is ambiguous to the client's side, or None.
+
+    Both Content-Length and Transfer-Encoding, or Content-Lengths that disagree, are
+    refused (as nginx does): which framing the client would see cannot be known.
+    """
+    if "transfer-encoding" in index and "content-length" in index:
+        return "sent both Content-Length and Transfer-Encoding"
+    lengths = set(index.get("content-length", ()))
+    if len(lengths) > 1 or (len(lengths) == 1 and "," in next(iter(lengths))):
+        return "sent conflicting Content-Lengths"
+    return None
+
+
+def keepalive_timeout(value: str | None) -> float | None:
+    """The ``timeout=N`` of a ``Keep-Alive`` response header, or None."""
+    if not value:
+        return None
+    for part in value.split(","):
+        name, _, number = part.strip().partition("=")
+        if name.strip().lower() == "timeout":
+            try:
+                return float(number.strip())
+            except ValueError:
+                return None
+    return None
 
 
 class Headers(http.client.HTTPMessage):

@@ -20,21 +20,9 @@ from pathlib import Path
 
 import bcrypt
 
-from .errors import ProxyError
+from ..errors import ProxyAuthRequired
 
-#: The challenge a 407 carries.
-CHALLENGE = 'Basic realm="wsgiproxy"'
 _CACHE_LIMIT = 10_000
-
-
-class ProxyAuthRequired(ProxyError):
-    """Missing or wrong proxy credentials: 407 with ``Proxy-Authenticate``."""
-
-    status = 407
-    kind = "proxy-auth-required"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers=[("Proxy-Authenticate", CHALLENGE)])
 
 
 def load_htpasswd(path: str) -> dict[str, bytes]:

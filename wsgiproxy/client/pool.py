@@ -3,7 +3,7 @@
 `PoolState` holds all state and every transition, with no lock, clock or I/O (tests drive
 it with fakes). `Pool` adds one lock, an event per waiter and the clock, and closes
 connections, wakes waiters and logs after unlocking. Opening a connection is the caller's
-job (upstream.py): a new slot comes back as a `Lease` whose `conn` is None.
+job (exchange.py): a new slot comes back as a `Lease` whose `conn` is None.
 """
 
 # STATES
@@ -57,10 +57,9 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
-logger = logging.getLogger(__name__)
+from ..addresses import Origin, format_origin
 
-Origin = tuple[str, str, int]
-"""(scheme, host, port), e.g. ("http", "10.0.0.5", 80)."""
+logger = logging.getLogger(__name__)
 
 ConnState = Literal["connecting", "active", "idle", "closed"]
 WaiterState = Literal["queued", "served", "gone"]
@@ -82,14 +81,6 @@ class EventLike(Protocol):
 
 
 C = TypeVar("C", bound=Connection)
-
-
-def format_origin(origin: Origin) -> str:
-    """'scheme://host:port', with an IPv6 host in brackets, for logs, stats and errors."""
-    scheme, host, port = origin
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}"
 
 
 class PoolTimeout(Exception):

@@ -1,0 +1,263 @@
+"""WSGI request -> upstream request -> WSGI response.
+
+The proxying path, kept off Flask's routing so a proxied request costs only what it
+must: route it to a server (or a forward destination), rewrite the headers a proxy owns,
+relay the body as it arrives, and stream the response back as the upstream sends it.
+Whether a failed exchange goes again is decided here, not in the client. Every
+``ProxyError`` becomes a one-line plain-text response with ``X-Proxy-Error``.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from ..addresses import format_origin
+from ..client.body import RequestBody
+from ..client.exchange import Exchange, Outgoing, UpstreamClient
+from ..client.http1 import BLOCK, request_framing, response_framing_error
+from ..errors import SENT, ProxyError, StaleConnection, UpstreamProtocolError
+from ..metrics import Metrics
+from ..settings import RequestSettings
+from ..upstreams.server import Server
+from .headers import request_headers, response_head
+from .responses import StartResponse, plain_response
+from .routing import Router, raw_target
+from .tunnel import Tunnels
+
+log = logging.getLogger(__name__)
+
+#: Methods whose replay cannot change the outcome (RFC 9110 9.2.2).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+class Forwarder:
+    """The WSGI callable that proxies one request; one per app.
+
+    It also keeps the requests in flight (for leak accounting: a connection held longer
+    than any request still running is a leak) and records each request's metrics once,
+    when its response ends. For gunicorn's access log it leaves ``wsgiproxy.upstream_ms``,
+    ``wsgiproxy.pool_wait_ms`` and ``wsgiproxy.conn`` (new/reused) in the environ.
+    """
+
+    def __init__(
+        self,
+        requests: RequestSettings,
+        client: UpstreamClient,
+        metrics: Metrics,
+        router: Router,
+        tunnels: Tunnels,
+    ) -> None:
+        self.max_body = requests.max_body
+        self.client = client
+        self.metrics = metrics
+        self.router = router
+        self.tunnels = tunnels
+        self.cooperate = client.cooperate  # one decision per worker: gevent or threads
+        #: Requests being answered: id(environ) -> start (time.monotonic()).
+        self.in_flight: dict[int, float] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        started = time.monotonic()
+        key = id(environ)
+        method = environ.get("REQUEST_METHOD", "GET")
+        raw = raw_target(environ)
+        self.in_flight[key] = started
+        server: Server | None = None
+        try:
+            if method == "CONNECT":
+                upstream = self.tunnels.open(environ, raw)
+                try:
+                    return self.tunnels.relay(environ, start_response, upstream)
+                finally:
+                    self.done(key, method, 200, started)
+            target = self.router.resolve(environ, raw)
+            body = self._request_body(environ)
+            server = target.server
+            request = self.client.prepare(
+                target.origin,
+                method,
+                target.path,
+                request_headers(environ, target.host_header),
+                body,
+                origin_pool=server.origin_pool if server is not None else None,
+                address=target.address,
+                peer_allowed=target.peer_allowed,
+            )
+            if server is not None:
+                server.started()
+            exchange = self._exchange(request)
+            self.metrics.observe_pool_wait(exchange.pool_wait)
+            environ["wsgiproxy.pool_wait_ms"] = f"{exchange.pool_wait * 1000:.1f}"
+            environ["wsgiproxy.upstream_ms"] = (
+                f"{(time.monotonic() - started - exchange.pool_wait) * 1000:.1f}"
+            )
+            environ["wsgiproxy.conn"] = "reused" if exchange.reused else "new"
+            response = exchange.response
+            problem = response_framing_error(response.headers.index)
+            if problem is not None:
+                self.client.finish(exchange, complete=False)
+                raise UpstreamProtocolError(
+                    f"upstream {format_origin(request.origin)} {problem}", stage=SENT
+                )
+            status, response_headers = response_head(response)
+        except ProxyError as exc:
+            level = logging.WARNING if exc.status >= 500 else logging.INFO
+            log.log(level, "%s %s -> %d: %s", method, raw[:200], exc.status, exc.message)
+            if server is not None:
+                server.finished(exc.kind)
+            self.done(key, method, exc.status, started, exc.kind)
+            return plain_response(
+                start_response, exc.status, exc.message, kind=exc.kind, headers=exc.headers
+            )
+        except BaseException:
+            # Anything else (a closed pool at shutdown, GreenletExit): the request is over
+            # all the same, and must not stay in the in-flight table as a phantom leak.
+            if server is not None:
+                server.finished("internal-error")
+            self.done(key, method, 500, started, "internal-error")
+            raise
+        start_response(status, response_headers)
+        return ResponseBody(self, exchange, method, raw, key, started, server)
+
+    def _exchange(self, request: Outgoing) -> Exchange:
+        """Send the request; replay it once on a new connection when the reused one it
+        went out on was closed by the upstream before answering (the keep-alive race),
+        if its method is idempotent and its body was kept whole."""
+        try:
+            return self.client.send(request)
+        except StaleConnection as stale:
+            body = request.body
+            if request.method not in IDEMPOTENT or (body is not None and not body.replayable):
+                self.client.abandon(stale.retry)
+                raise
+            self.client.note_retry()
+            log.info(
+                "%s; sending %s %s again on a new connection",
+                stale.message,
+                request.method,
+                request.target[:200],
+            )
+            return self.client.send(request, retry=stale.retry)
+
+    def done(
+        self, key: int, method: str, status: int, started: float, error: str | None = None
+    ) -> None:
+        """A request is over: it leaves the in-flight table and its metrics are recorded."""
+        self.in_flight.pop(key, None)
+        self.metrics.observe_request(method, status, time.monotonic() - started)
+        if error is not None:
+            self.metrics.upstream_errors.labels(error).inc()
+
+    def _request_body(self, environ: dict[str, Any]) -> RequestBody | None:
+        """The body to relay, after the framing checks that must happen before sending.
+
+        Raises NotSupported (501), BadRequest (400) or BodyTooLarge (413); see
+        ``http1.request_framing``.
+        """
+        length = request_framing(
+            environ.get("HTTP_TRANSFER_ENCODING"),
+            environ.get("CONTENT_LENGTH") or "",
+            self.max_body,
+        )
+        if length == 0:
+            return None
+        body = RequestBody(environ["wsgi.input"], length, self.max_body)
+        body.prime()
+        return body
+
+
+class ResponseBody:
+    """The upstream's response body as a WSGI iterable, relayed as it arrives.
+
+    Each step returns what the upstream has sent so far (``read1``), so a streamed
+    response reaches the client chunk by chunk. If the upstream fails mid-body the
+    client's connection is aborted (a truncated message, never a complete-looking one):
+    raising ``ConnectionResetError`` makes gunicorn and werkzeug drop the client socket
+    without writing the final chunk, and without logging a traceback. The upstream
+    connection goes back to the pool as soon as the body has all arrived (before the
+    last bytes are written to the client); ``close``, always called by the server,
+    gives it back (or closes it) if that has not happened yet.
+    """
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        exchange: Exchange,
+        method: str,
+        raw: str,
+        key: int,
+        started: float,
+        server: Server | None,
+    ) -> None:
+        self._forwarder = forwarder
+        self._exchange = exchange
+        self._method = method
+        self._raw = raw
+        self._key = key
+        self._started = started
+        self._server = server
+        self._complete = False
+        self._given_back = False
+        self._closed = False
+        self._error: str | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._complete:
+            raise StopIteration
+        response = self._exchange.response
+        try:
+            data = response.read1(BLOCK)
+            if not data and response.incomplete:
+                raise http.client.IncompleteRead(b"", response.length)
+        except (http.client.HTTPException, OSError, ValueError) as exc:
+            timed_out = isinstance(exc, TimeoutError)
+            self._error = "upstream-timeout" if timed_out else "upstream-aborted"
+            log.warning(
+                "%s %s: upstream %s response %s mid-body: %s; aborting the client's response",
+                self._method,
+                self._raw[:200],
+                format_origin(self._exchange.origin),
+                "timed out" if timed_out else "broke off",
+                " ".join(str(exc).split())[:200],
+            )
+            self._forwarder.client.pool.note_error()
+            self.close()
+            raise ConnectionResetError(errno.ECONNRESET, "upstream response broke off") from exc
+        if not data:
+            self._complete = True
+            self._give_back()
+            raise StopIteration
+        if response.length == 0:
+            # The declared length has all arrived: the upstream connection is free now,
+            # before these last bytes are written to a client that may be slow.
+            self._complete = True
+            self._give_back()
+        return bytes(data)
+
+    def _give_back(self) -> None:
+        """Return (or close) the upstream connection, once."""
+        if not self._given_back:
+            self._given_back = True
+            self._forwarder.client.finish(self._exchange, complete=self._complete)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._give_back()
+        if self._server is not None:
+            self._server.finished(self._error)
+        forwarder = self._forwarder
+        forwarder.done(
+            self._key, self._method, self._exchange.response.status, self._started, self._error
+        )
+        if forwarder.cooperate is not None:
+            forwarder.cooperate()

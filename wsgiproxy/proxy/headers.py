@@ -1,0 +1,107 @@
+"""The header rules of a proxy hop, both ways (RFC 9110 7.6).
+
+Toward the upstream: the client's headers less hop-by-hop ones, with ``Host``,
+``X-Forwarded-*`` and ``Via`` written by this hop. Toward the client: the upstream's
+headers less hop-by-hop ones, ``Via`` extended. Pure functions of their inputs, so the
+rules are tested without a server.
+"""
+
+from __future__ import annotations
+
+import functools
+from http import HTTPStatus
+from typing import Any
+
+from ..client.http1 import UpstreamResponse
+
+#: Hop-by-hop headers (RFC 9110 7.6.1), plus the proxy-only ones: never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+#: Request headers this hop writes itself (or has already acted on).
+_REPLACED = frozenset({"host", "expect", "x-forwarded-proto", "x-forwarded-host", "via"})
+#: This hop's name in ``Via``.
+VIA = "wsgiproxy"
+
+
+def connection_tokens(value: str | None) -> frozenset[str]:
+    """The header names a ``Connection`` header lists: also hop-by-hop for this message."""
+    if not value:
+        return frozenset()
+    return frozenset(token.strip().lower() for token in value.split(",") if token.strip())
+
+
+@functools.lru_cache(maxsize=1024)
+def _header_name(key: str) -> tuple[str, str]:
+    """``HTTP_X_FORWARDED_FOR`` -> (``X-Forwarded-For``, ``x-forwarded-for``).
+
+    Cached: the same few dozen header names come with every request."""
+    name = "-".join(part.capitalize() for part in key[5:].split("_"))
+    return name, name.lower()
+
+
+def _append(existing: str | None, value: str) -> str:
+    return f"{existing}, {value}" if existing else value
+
+
+def request_headers(environ: dict[str, Any], host_header: str) -> dict[str, str]:
+    """Headers for the upstream: the client's, less hop-by-hop, plus this hop's own."""
+    dropped = connection_tokens(environ.get("HTTP_CONNECTION"))
+    headers: dict[str, str] = {"Host": host_header}
+    for key, value in environ.items():
+        if not key.startswith("HTTP_"):
+            continue
+        name, lowered = _header_name(key)
+        if lowered in HOP_BY_HOP or lowered in _REPLACED or lowered in dropped:
+            continue
+        headers[name] = value
+    if environ.get("CONTENT_TYPE"):
+        headers["Content-Type"] = environ["CONTENT_TYPE"]
+    if environ.get("CONTENT_LENGTH") and "HTTP_TRANSFER_ENCODING" not in environ:
+        headers["Content-Length"] = environ["CONTENT_LENGTH"]
+    client = environ.get("REMOTE_ADDR")
+    if client:
+        headers["X-Forwarded-For"] = _append(headers.get("X-Forwarded-For"), client)
+    headers["X-Forwarded-Proto"] = environ.get("wsgi.url_scheme", "http")
+    if environ.get("HTTP_HOST"):
+        headers["X-Forwarded-Host"] = environ["HTTP_HOST"]
+    version = environ.get("SERVER_PROTOCOL", "HTTP/1.1").partition("/")[2] or "1.1"
+    headers["Via"] = _append(environ.get("HTTP_VIA"), f"{version} {VIA}")
+    return headers
+
+
+def response_head(response: UpstreamResponse) -> tuple[str, list[tuple[str, str]]]:
+    """Status line and headers for the client: hop-by-hop removed, ``Via`` added.
+
+    The caller has refused a head with ambiguous framing (``http1.response_framing_error``).
+    """
+    index = response.headers.index
+    connection = index.get("connection")
+    dropped = connection_tokens(",".join(connection)) if connection else frozenset()
+    headers: list[tuple[str, str]] = []
+    via: str | None = None
+    for name, value in response.headers._headers:
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP or lowered in dropped:
+            continue
+        if lowered == "via":
+            via = _append(via, value)
+            continue
+        headers.append((name, value))
+    version = "1.0" if response.version == 10 else "1.1"
+    headers.append(("Via", _append(via, f"{version} {VIA}")))
+    status = response.status
+    reason = response.reason or (
+        HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Unknown"
+    )
+    return f"{status} {reason}", headers

@@ -1,0 +1,268 @@
+"""Environment -> one frozen ``Settings`` of small parts, read once at start-up.
+
+This is the only module that reads the environment, and it does so only when
+``Settings.from_env`` or ``load_settings`` is called, never at import. It uses the
+standard library alone: the gunicorn master imports it before gevent has patched
+anything, so importing ssl, urllib3, flask or gevent here would leave unpatched
+modules behind for every worker.
+
+Each component is handed the part it reads (``settings.timeouts``, ``settings.forward``
+...), so a reader sees what each depends on. ``from_env`` runs every variable's parser
+(``values``) and collects every problem before raising, so an operator fixes a bad
+environment in one go; each problem is one line ``NAME='value': what is allowed``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from . import values
+from .addresses import Networks, in_networks
+from .values import HostPatterns, Route, UpstreamURL
+
+__all__ = [
+    "ConfigError",
+    "ForwardPolicy",
+    "HealthSettings",
+    "PoolSettings",
+    "RequestSettings",
+    "ServerSettings",
+    "Settings",
+    "TLSSettings",
+    "Timeouts",
+    "load_settings",
+]
+
+_T = TypeVar("_T")
+
+_WORKER_CLASSES = ("gevent", "gthread", "sync")
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(ValueError):
+    """Raised by ``Settings.from_env`` with every problem found, one line per variable.
+
+    ``str(exc)`` is the lines joined with newlines, so printing it is enough.
+    """
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines: list[str] = list(lines)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What gunicorn.conf.py and logging read: PROXY_BIND ... PROXY_ACCESS_LOG."""
+
+    bind: str
+    workers: int
+    worker_class: str
+    worker_connections: int
+    threads: int
+    log_level: str
+    access_log: str | None
+
+
+@dataclass(frozen=True)
+class RequestSettings:
+    """What the request side reads to place and accept one request."""
+
+    upstream: UpstreamURL | None
+    routes: tuple[Route, ...]
+    preserve_host: bool
+    max_body: int
+    admin_prefix: str
+
+
+@dataclass(frozen=True)
+class ForwardPolicy:
+    """Who may forward-proxy or tunnel, and to where (also: who reaches the admin side)."""
+
+    enabled: bool
+    allow_clients: Networks
+    allow_hosts: HostPatterns
+    connect_ports: frozenset[int]
+    allow_private: bool
+    auth_file: str | None
+
+    def client_allowed(self, address: str) -> bool:
+        """True if the client address lies in PROXY_ALLOW_CLIENTS.
+
+        IPv4-mapped IPv6 and a ``%scope`` are normalised first; an unparsable
+        address (a unix socket peer, say) is refused.
+        """
+        return in_networks(address, self.allow_clients)
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """The upstream pool's limits, per worker process.
+
+    ``max_keepalive`` is silently capped at ``max_connections``: more idle connections
+    than open ones cannot exist, and refusing start-up over it would only punish
+    lowering HTTP_MAX_CONNECTIONS.
+    """
+
+    max_connections: int
+    max_keepalive: int
+    keepalive_expiry: float
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds: to connect, between bytes read, per block sent, waiting for the pool."""
+
+    connect: float
+    read: float
+    write: float
+    pool: float
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """The health thread's rhythm and the optional probe path."""
+
+    interval: float
+    path: str | None
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """How upstream certificates are checked."""
+
+    verify: bool
+    ca_bundle: str | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, validated, for one process; see the Environment table in the README.
+
+    Built once at start-up by ``from_env`` and passed down part by part.
+    """
+
+    server: ServerSettings
+    requests: RequestSettings
+    forward: ForwardPolicy
+    pool: PoolSettings
+    timeouts: Timeouts
+    health: HealthSettings
+    tls: TLSSettings
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Settings from ``environ`` (any mapping; tests pass a dict).
+
+        Empty values count as unset, except PROXY_ACCESS_LOG where '' turns the
+        access log off. Raises ConfigError listing every bad variable, so nothing
+        starts half-configured.
+        """
+        env = _Reader(environ)
+        max_connections = env.get("HTTP_MAX_CONNECTIONS", values.positive_int, 100)
+        settings = cls(
+            server=ServerSettings(
+                bind=env.get("PROXY_BIND", values.bind, "127.0.0.1:8080"),
+                workers=env.get("PROXY_WORKERS", values.positive_int, os.cpu_count() or 1),
+                worker_class=env.get(
+                    "PROXY_WORKER_CLASS", values.choice(_WORKER_CLASSES), "gevent"
+                ),
+                worker_connections=env.get("PROXY_WORKER_CONNECTIONS", values.positive_int, 1000),
+                threads=env.get("PROXY_THREADS", values.positive_int, 32),
+                log_level=env.get("PROXY_LOG_LEVEL", values.choice(_LOG_LEVELS), "info"),
+                access_log=environ.get("PROXY_ACCESS_LOG", "-").strip() or None,
+            ),
+            requests=RequestSettings(
+                upstream=env.optional("PROXY_UPSTREAM", values.url),
+                routes=env.get("PROXY_ROUTES", values.routes, ()),
+                preserve_host=env.get("PROXY_PRESERVE_HOST", values.flag, False),
+                max_body=env.get("PROXY_MAX_BODY", values.non_negative_int, 0),
+                admin_prefix=env.get("PROXY_ADMIN_PREFIX", values.admin_prefix, "/_proxy"),
+            ),
+            forward=ForwardPolicy(
+                enabled=env.get("PROXY_FORWARD", values.flag, True),
+                allow_clients=env.get(
+                    "PROXY_ALLOW_CLIENTS", values.networks, values.networks("127.0.0.0/8,::1")
+                ),
+                allow_hosts=env.get(
+                    "PROXY_ALLOW_HOSTS", HostPatterns.parse, HostPatterns.parse("*")
+                ),
+                connect_ports=env.get("PROXY_CONNECT_PORTS", values.ports, frozenset({443})),
+                allow_private=env.get("PROXY_ALLOW_PRIVATE", values.flag, False),
+                auth_file=env.optional("PROXY_AUTH_FILE", values.htpasswd_file),
+            ),
+            pool=PoolSettings(
+                max_connections=max_connections,
+                max_keepalive=min(
+                    env.get("HTTP_MAX_KEEPALIVE_CONNECTIONS", values.non_negative_int, 20),
+                    max_connections,
+                ),
+                keepalive_expiry=env.get(
+                    "HTTP_KEEPALIVE_EXPIRY", values.non_negative_seconds, 300.0
+                ),
+                enabled=env.get("HTTP_POOL_ENABLED", values.flag, True),
+            ),
+            timeouts=Timeouts(
+                connect=env.get("HTTP_CONNECT_TIMEOUT", values.positive_seconds, 10.0),
+                read=env.get("HTTP_READ_TIMEOUT", values.positive_seconds, 30.0),
+                write=env.get("HTTP_WRITE_TIMEOUT", values.positive_seconds, 10.0),
+                pool=env.get("HTTP_POOL_TIMEOUT", values.positive_seconds, 5.0),
+            ),
+            health=HealthSettings(
+                interval=env.get("HTTP_HEALTH_INTERVAL", values.positive_seconds, 60.0),
+                path=env.optional("HTTP_HEALTH_PATH", values.path),
+            ),
+            tls=TLSSettings(
+                verify=env.get("HTTP_TLS_VERIFY", values.flag, True),
+                ca_bundle=env.optional("HTTP_CA_BUNDLE", values.readable_file),
+            ),
+        )
+        if env.problems:
+            raise ConfigError(env.problems)
+        return settings
+
+
+class _Reader:
+    """Reads variables one by one, keeping every problem instead of stopping at the first."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def optional(self, name: str, parse: Callable[[str], _T]) -> _T | None:
+        """The parsed value, or None when unset, empty or bad (bad is recorded)."""
+        raw = self.environ.get(name, "")
+        text = raw.strip()
+        if not text:
+            return None
+        try:
+            return parse(text)
+        except ValueError as exc:
+            self.problems.append(f"{name}={raw!r}: {exc}")
+            return None
+
+    def get(self, name: str, parse: Callable[[str], _T], default: _T) -> _T:
+        """The parsed value, or ``default`` when unset, empty or bad (bad is recorded)."""
+        value = self.optional(name, parse)
+        return default if value is None else value
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment (os.environ when None), or exit 2 with no traceback.
+
+    On a ConfigError each line goes to stderr prefixed 'wsgiproxy: ', then SystemExit(2).
+
+    Used by gunicorn.conf.py in the master, so a bad value stops start-up before any
+    worker is forked (a worker failing at boot would be respawned in a loop), and by
+    the module-level app for ``flask run``.
+    """
+    try:
+        return Settings.from_env(os.environ if environ is None else environ)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(f"wsgiproxy: {line}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -78,9 +78,11 @@ access_log_format = (
 
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
-    """In each worker, once gevent has patched and the app has loaded: send each
-    response's head with its first body bytes (see wsgiproxy/serving.py)."""
-    from wsgiproxy.serving import install
+    """In each worker, once gevent has patched and the app has loaded: check that this
+    gunicorn is the one wsgiproxy/server/gunicorn.py was verified with (another stops the
+    server with one line), then put its response writer, accept batching and one-line
+    400s for gunicorn's parse refusals in place."""
+    from wsgiproxy.server.gunicorn import install
 
     install()
 

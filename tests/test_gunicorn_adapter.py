@@ -19,7 +19,7 @@ import pytest
 from gunicorn import util as gunicorn_util
 from gunicorn.http import wsgi as gunicorn_wsgi
 
-from wsgiproxy.serving import COALESCE_LIMIT, CoalescingResponse, http_date
+from wsgiproxy.server.gunicorn import COALESCE_LIMIT, CoalescingResponse, http_date
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGINAL_RESPONSE = gunicorn_wsgi.Response
@@ -172,7 +172,7 @@ def test_a_gevent_worker_accepts_in_batches() -> None:
     code = (
         "from gevent import monkey; monkey.patch_all()\n"
         "import socket\n"
-        "from wsgiproxy.serving import ACCEPT_BATCH, install\n"
+        "from wsgiproxy.server.gunicorn import ACCEPT_BATCH, install\n"
         "install(); install()\n"
         "import gevent.server\nfrom gunicorn.workers import ggevent\n"
         "listener = socket.socket(); listener.bind(('127.0.0.1', 0)); listener.listen()\n"
@@ -205,4 +205,4 @@ def test_gunicorn_conf_installs_it_in_the_worker_hook(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "CoalescingResponse wsgiproxy.serving"
+    assert out.stdout.strip() == "CoalescingResponse wsgiproxy.server.gunicorn"

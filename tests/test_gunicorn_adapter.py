@@ -1,25 +1,45 @@
-"""gunicorn's response writer in a wsgiproxy worker: the same bytes, fewer sends.
+"""wsgiproxy/server/gunicorn.py against the gunicorn it was verified with.
 
 ``CoalescingResponse`` must put on the wire exactly what gunicorn's own ``Response``
 does, byte for byte, in every framing (length, chunked, no body, HEAD, a large first
-write), and a small response must go out in one send. The whole suite runs through it
-under real gunicorn workers as well; these tests pin the bytes and the send count.
+write), and a small response must go out in one send. The socket hand-over, the kept
+hop-by-hop header and the refusal writer are driven through gunicorn's real parser and
+response objects, so a gunicorn that moved them fails here. Real workers are started in
+tests/test_gunicorn_worker.py.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import gunicorn
 import pytest
 from gunicorn import util as gunicorn_util
+from gunicorn.config import Config
+from gunicorn.http import get_parser
 from gunicorn.http import wsgi as gunicorn_wsgi
 
-from wsgiproxy.server.gunicorn import COALESCE_LIMIT, CoalescingResponse, http_date
+from wsgiproxy.server.gunicorn import (
+    COALESCE_LIMIT,
+    VERIFIED_GUNICORN,
+    CoalescingResponse,
+    check_gunicorn_version,
+    client_socket,
+    http_date,
+    keep_hop_by_hop_header,
+    pending_client_bytes,
+    refusal_bytes,
+    take_over_response,
+    version_mismatch,
+    write_refusal,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGINAL_RESPONSE = gunicorn_wsgi.Response
@@ -206,3 +226,213 @@ def test_gunicorn_conf_installs_it_in_the_worker_hook(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "CoalescingResponse wsgiproxy.server.gunicorn"
+
+
+# -- The version check ---------------------------------------------------------------------
+def test_the_installed_gunicorn_is_the_verified_one() -> None:
+    """requirements.txt pins the gunicorn the module was verified with: a mismatch here
+    means every worker would refuse to start."""
+    assert gunicorn.__version__ == VERIFIED_GUNICORN
+    assert version_mismatch() is None
+    check_gunicorn_version()  # does not raise
+
+
+@pytest.mark.parametrize("found", ["27.0.2", "28.0.0", "26.0.0", "0.0.1"])
+def test_another_gunicorn_gets_one_line_saying_what_to_do(found: str) -> None:
+    """An operator who upgraded gunicorn learns what was found, what was verified, and
+    the two ways out, in one line."""
+    line = version_mismatch(found)
+    assert line is not None and "\n" not in line
+    assert f"gunicorn {found}" in line
+    assert f"verified with gunicorn {VERIFIED_GUNICORN}" in line
+    assert f"gunicorn=={VERIFIED_GUNICORN}" in line
+    assert "re-verify wsgiproxy/server/gunicorn.py" in line
+
+
+def test_another_gunicorn_stops_the_worker_with_the_boot_error_status(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Status 3 is what makes gunicorn's arbiter halt instead of respawning in a loop."""
+    from gunicorn.arbiter import Arbiter
+
+    monkeypatch.setattr(gunicorn, "__version__", "99.0.0")
+    with pytest.raises(SystemExit) as stopped:
+        check_gunicorn_version()
+    assert stopped.value.code == Arbiter.WORKER_BOOT_ERROR == 3
+    assert [r.getMessage() for r in caplog.records] == [version_mismatch("99.0.0")]
+
+
+# -- Parse refusals ------------------------------------------------------------------------
+def test_a_refusal_is_one_line_of_text_tagged_bad_request() -> None:
+    """A client whose request gunicorn refuses sees the proxy's format, not an HTML page."""
+    data = refusal_bytes(400, "Bad Request", "Invalid Request Line 'GARBAGE'")
+    body = b"Invalid Request Line 'GARBAGE'\n"
+    assert (
+        data
+        == (
+            b"HTTP/1.1 400 Bad Request\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n"
+            b"X-Proxy-Error: bad-request\r\n"
+            b"Connection: close\r\n"
+            b"\r\n" % len(body)
+        )
+        + body
+    )
+
+
+@pytest.mark.parametrize(
+    "status, reason, message, line, kind",
+    [
+        (
+            501,
+            "Bad Request",
+            "Unsupported transfer coding: 'foo'",
+            b"501 Not Implemented",
+            "not-implemented",
+        ),
+        (
+            414,
+            "URI Too Long",
+            "Request Line is too large (8192 > 4094)",
+            b"414 URI Too Long",
+            "bad-request",
+        ),
+        (
+            431,
+            "Request Header Fields Too Large",
+            "x",
+            b"431 Request Header Fields Too Large",
+            "bad-request",
+        ),
+        (403, "Forbidden", "Request forbidden", b"403 Forbidden", "forbidden"),
+        (500, "Internal Server Error", "", b"500 Internal Server Error", "internal-error"),
+    ],
+)
+def test_gunicorns_status_is_kept_with_the_standard_phrase(
+    status: int, reason: str, message: str, line: bytes, kind: str
+) -> None:
+    """gunicorn's code stands (it sends 501 with the phrase "Bad Request", mended here);
+    a refusal without a message (a 500) names its reason."""
+    data = refusal_bytes(status, reason, message)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 " + line + b"\r\n")
+    assert f"X-Proxy-Error: {kind}".encode() in head
+    assert body == ((message or reason) + "\n").encode()
+
+
+def test_a_refusal_body_stays_one_printable_line() -> None:
+    """gunicorn quotes the client's bytes: line breaks, controls and length must not make
+    the body a page or a terminal escape."""
+    data = refusal_bytes(400, "Bad Request", "Invalid header\r\n\tX: \x1b[31m\x00" + "q" * 5000)
+    body = data.partition(b"\r\n\r\n")[2]
+    assert body.endswith(b"\n") and body.count(b"\n") == 1
+    assert b"\x1b" not in body and b"\x00" not in body and b"\r" not in body
+    assert body.startswith(b"Invalid header X: \\x1b[31m\\x00qqq")
+    assert len(body) <= 301 and body.endswith(b"...\n")
+
+
+def test_the_refusal_writer_takes_gunicorns_arguments_and_socket() -> None:
+    """Worker.handle_error calls util.write_error(sock, status, reason, message)."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.settimeout(5)
+        write_refusal(ours, 400, "Bad Request", "Invalid HTTP Header: 'CONTENT-LENGTH'")
+        ours.close()
+        received = b""
+        while chunk := theirs.recv(65536):
+            received += chunk
+    assert received == refusal_bytes(400, "Bad Request", "Invalid HTTP Header: 'CONTENT-LENGTH'")
+
+
+# -- The socket hand-over, through gunicorn's own parser and response ------------------------
+@pytest.fixture
+def gunicorn_request() -> Iterator[tuple[Any, dict[str, Any], socket.socket]]:
+    """A CONNECT parsed by gunicorn, with 5 bytes of TLS sent behind it before any answer;
+    yields gunicorn's response, its environ and the client's end of the socket."""
+    server_end, client_end = socket.socketpair()
+    with server_end, client_end:
+        client_end.sendall(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n\x16\x03\x01hi")
+        cfg = Config()
+        req = next(get_parser(cfg, server_end, ("127.0.0.1", 1)))
+        response, environ = gunicorn_wsgi.create(
+            req, server_end, ("127.0.0.1", 1), ("127.0.0.1", 2), cfg
+        )
+        yield response, environ, client_end
+
+
+def test_bytes_the_client_sent_early_are_handed_over_once(
+    gunicorn_request: tuple[Any, dict[str, Any], socket.socket],
+) -> None:
+    """A client starting TLS before the 200 would lose its hello if gunicorn kept it."""
+    _, environ, _ = gunicorn_request
+    assert pending_client_bytes(environ) == b"\x16\x03\x01hi"
+    assert pending_client_bytes(environ) == b""
+    assert client_socket(environ) is environ["gunicorn.socket"]
+
+
+def test_taking_over_the_response_leaves_gunicorn_nothing_to_write(
+    gunicorn_request: tuple[Any, dict[str, Any], socket.socket],
+) -> None:
+    """gunicorn must not write a head or a last chunk into a tunnel, nor read the next
+    request from it; the access log still shows the status."""
+    response, _, client_end = gunicorn_request
+    assert take_over_response(response.start_response, "200 Connection Established") is response
+    assert response.status == "200 Connection Established"
+    assert response.headers_sent and not response.chunked and response.should_close()
+    response.close()
+    client_end.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        client_end.recv(1)
+
+
+def test_other_servers_have_nothing_to_take_over() -> None:
+    """Under `flask run` these are no-ops, so the caller can answer 501 itself."""
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        raise AssertionError("not to be called")
+
+    environ: dict[str, Any] = {"wsgi.input": object()}
+    assert take_over_response(start_response, "200 OK") is None
+    assert pending_client_bytes(environ) == b""
+    assert client_socket(environ) is None
+    keep_hop_by_hop_header(start_response, "Proxy-Authenticate", "Basic")
+
+
+def test_a_407_keeps_its_proxy_authenticate_header(
+    gunicorn_request: tuple[Any, dict[str, Any], socket.socket],
+) -> None:
+    """gunicorn drops Proxy-Authenticate from WSGI responses: a client would never learn
+    how to authenticate."""
+    response, _, client_end = gunicorn_request
+    challenge = 'Basic realm="wsgiproxy", charset="UTF-8"'
+    response.start_response(
+        "407 Proxy Authentication Required", [("Proxy-Authenticate", challenge)]
+    )
+    assert ("Proxy-Authenticate", challenge) not in response.headers  # what gunicorn does
+    keep_hop_by_hop_header(response.start_response, "Proxy-Authenticate", challenge)
+    keep_hop_by_hop_header(response.start_response, "Proxy-Authenticate", challenge)
+    assert response.headers.count(("Proxy-Authenticate", challenge)) == 1
+    response.send_headers()
+    client_end.settimeout(5)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = client_end.recv(65536)
+        assert chunk, f"closed after {head!r}"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 407 Proxy Authentication Required\r\n")
+    assert f"\r\nProxy-Authenticate: {challenge}\r\n".encode() in head
+
+
+@pytest.mark.parametrize(
+    "name, value", [("Proxy-Authenticate", "Basic\r\nX-Injected: 1"), ("Bad Name", "v")]
+)
+def test_a_kept_header_cannot_inject_a_line(
+    gunicorn_request: tuple[Any, dict[str, Any], socket.socket], name: str, value: str
+) -> None:
+    """Written past gunicorn's own checks, the header is checked here instead."""
+    response, _, _ = gunicorn_request
+    response.start_response("407 Proxy Authentication Required", [])
+    with pytest.raises(ValueError):
+        keep_hop_by_hop_header(response.start_response, name, value)
+    assert response.headers == []

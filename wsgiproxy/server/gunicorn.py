@@ -235,6 +235,9 @@ def _one_line(text: str) -> str:
     return line
 
 
+_STATUS_OF_PHRASE = {status.phrase: status.value for status in HTTPStatus}
+
+
 def _refusal_kind(status: int) -> str:
     """The ``X-Proxy-Error`` kind of a gunicorn refusal, named as the proxy's own are."""
     if status == 403:
@@ -249,15 +252,14 @@ def _refusal_kind(status: int) -> str:
 def refusal_bytes(status: int, reason: str, message: str) -> bytes:
     """The whole response for a request gunicorn refused: the proxy's error format.
 
-    The status is gunicorn's; the reason phrase is the standard one for it (gunicorn
-    sends "501 Bad Request"); the body is gunicorn's message made one line, or the
-    reason when it gave none (a 500).
+    The status and reason phrase are gunicorn's, unless the phrase belongs to another
+    status (gunicorn sends "501 Bad Request"); the body is gunicorn's message made one
+    line, or the phrase when it gave none (a 500).
     """
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = _one_line(reason)
-    body = (_one_line(message) or phrase or str(status)) + "\n"
+    phrase = _one_line(reason)
+    if not phrase or _STATUS_OF_PHRASE.get(phrase, status) != status:
+        phrase = HTTPStatus(status).phrase if status in _STATUS_OF_PHRASE.values() else "Error"
+    body = (_one_line(message) or phrase) + "\n"
     data = body.encode("utf-8", "replace")
     head = (
         f"HTTP/1.1 {status} {phrase}\r\n"

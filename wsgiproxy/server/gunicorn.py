@@ -79,17 +79,35 @@ def version_mismatch(found: str | None = None) -> str | None:
     )
 
 
-def check_gunicorn_version() -> None:
-    """Stop this worker, with one line in gunicorn's error log, on an unverified gunicorn.
+def check_gunicorn_version(exit_status: int = WORKER_BOOT_ERROR) -> None:
+    """Stop this process, with one line in gunicorn's error log, on an unverified gunicorn.
 
-    Raises ``SystemExit(WORKER_BOOT_ERROR)``: gunicorn's arbiter then halts the whole
-    server instead of respawning a worker that would only fail again.
+    Raises ``SystemExit(exit_status)``. In a worker, the default status makes gunicorn's
+    arbiter halt the whole server instead of respawning a worker that would only fail
+    again. (When several workers fail at once, gunicorn's halt meets the second failure
+    and prints a traceback: gunicorn.conf.py therefore also checks in the master first.)
     """
     problem = version_mismatch()
     if problem is not None:
-        # gunicorn's error log when in a worker; Python's last-resort stderr otherwise.
+        # gunicorn's error log under gunicorn; Python's last-resort stderr otherwise.
         logging.getLogger("gunicorn.error").error(problem)
-        raise SystemExit(WORKER_BOOT_ERROR)
+        raise SystemExit(exit_status)
+
+
+def check_gunicorn_in_master(arbiter: Any) -> None:
+    """The same check from gunicorn's ``on_starting`` hook, in the master before it forks:
+    one line and ``SystemExit(2)``, as a bad setting stops start-up.
+
+    gunicorn has already written its pidfile then (``Arbiter.start``) and will not reach
+    ``halt()``, which would remove it: it is removed here.
+    """
+    try:
+        check_gunicorn_version(exit_status=2)
+    except SystemExit:
+        pidfile = getattr(arbiter, "pidfile", None)
+        if pidfile is not None:
+            pidfile.unlink()
+        raise
 
 
 # -- The response writer (gunicorn/http/wsgi.py: Response) ----------------------------------

@@ -77,10 +77,25 @@ access_log_format = (
 # gevent patched); post_fork runs before patching, so nothing is built there.
 
 
+def on_starting(server):  # type: ignore[no-untyped-def]
+    """In the master, before any worker exists: stop with one line (status 2) on a
+    gunicorn that wsgiproxy/server/gunicorn.py was not verified with. Each worker checks
+    again, but several failing at once make gunicorn print a traceback as it halts."""
+    from wsgiproxy.server.gunicorn import check_gunicorn_in_master
+
+    try:
+        check_gunicorn_in_master(server)
+    except SystemExit:
+        on_exit(server)  # gunicorn calls on_exit only once it has started
+        raise
+
+
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
-    """In each worker, once gevent has patched and the app has loaded: send each
-    response's head with its first body bytes (see wsgiproxy/serving.py)."""
-    from wsgiproxy.serving import install
+    """In each worker, once gevent has patched and the app has loaded: check that this
+    gunicorn is the one wsgiproxy/server/gunicorn.py was verified with (another stops the
+    server with one line), then put its response writer, accept batching and one-line
+    400s for gunicorn's parse refusals in place."""
+    from wsgiproxy.server.gunicorn import install
 
     install()
 

@@ -16,7 +16,8 @@ must not, so a few of gunicorn's internals are used or replaced here, and nowher
 
 gunicorn promises none of these, so ``install()`` first compares the running gunicorn
 with ``VERIFIED_GUNICORN`` and stops the worker with one line when they differ, as
-gunicorn's own gevent worker refuses a gevent it was not written for. Upgrading gunicorn
+gunicorn's own gevent worker refuses a gevent it was not written for
+(``check_gunicorn_in_master`` does the same in the master, before any worker). Upgrading gunicorn
 means re-reading the gunicorn code named beside each piece below, running
 ``tests/test_gunicorn_adapter.py``, then raising ``VERIFIED_GUNICORN``.
 """

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.upstream import UpstreamServer
+from tests.support.upstream_server import UpstreamServer
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

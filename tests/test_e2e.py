@@ -21,7 +21,7 @@ from tests.conftest import (
     start_gunicorn,
     wait_until,
 )
-from tests.upstream import UpstreamServer
+from tests.support.upstream_server import UpstreamServer
 
 
 @needs_curl

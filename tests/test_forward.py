@@ -25,7 +25,7 @@ from tests.conftest import (
     unanswered_port,
     wait_until,
 )
-from tests.upstream import UpstreamServer
+from tests.support.upstream_server import UpstreamServer
 
 WORKERS = ["gevent", "gthread"]
 REMOTE = "127.0.0.2"

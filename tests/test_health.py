@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, Proxy, clean_env, request, wait_until
-from tests.upstream import UpstreamServer
+from tests.support.upstream_server import UpstreamServer
 from wsgiproxy.app import create_app
 from wsgiproxy.config import Settings
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Proxy, Reply, request, wait_until
-from tests.upstream import UpstreamServer
+from tests.support.upstream_server import UpstreamServer
 
 WORKERS = ["gevent", "gthread"]
 

@@ -14,7 +14,7 @@ import requests
 import responses
 
 from tests.conftest import ROOT, Proxy, clean_env
-from tests.upstream import UpstreamServer
+from tests.support.upstream_server import UpstreamServer
 from wsgiproxy.__main__ import main as cli_main
 from wsgiproxy.status import health_url, main
 

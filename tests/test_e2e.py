@@ -10,18 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    BIN,
-    ROOT,
-    clean_env,
-    curl,
-    needs_curl,
-    request,
-    start_flask_run,
-    start_gunicorn,
-    wait_until,
-)
+from tests.support.client import curl, needs_curl, request
+from tests.support.processes import BIN, ROOT, clean_env
+from tests.support.proxy import start_flask_run, start_gunicorn
 from tests.support.upstream_server import UpstreamServer
+from tests.support.wait import wait_until
 
 
 @needs_curl

@@ -16,16 +16,11 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.conftest import (
-    Proxy,
-    Reply,
-    curl,
-    needs_curl,
-    request,
-    unanswered_port,
-    wait_until,
-)
+from tests.support.client import Reply, curl, needs_curl, request
+from tests.support.ports import unanswered_port
+from tests.support.proxy import Proxy, start_flask_run
 from tests.support.upstream_server import UpstreamServer
+from tests.support.wait import wait_until
 
 WORKERS = ["gevent", "gthread"]
 REMOTE = "127.0.0.2"
@@ -221,8 +216,6 @@ def test_curl_with_proxy_user_through_tunnel(
 
 def test_flask_run_sends_proxy_authenticate_too(tmp_path: Path, upstream: UpstreamServer) -> None:
     """The dev server's 407 carries the challenge as well."""
-    from tests.conftest import start_flask_run
-
     proxy = start_flask_run(tmp_path, PROXY_AUTH_FILE=str(htpasswd(tmp_path)))
     try:
         reply = request(proxy.port, "GET", f"http://127.0.0.1:{upstream.port}/echo")

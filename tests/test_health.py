@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, Proxy, clean_env, request, wait_until
+from tests.support.client import request
+from tests.support.processes import ROOT, clean_env
+from tests.support.proxy import Proxy
 from tests.support.upstream_server import UpstreamServer
+from tests.support.wait import wait_until
 from wsgiproxy.app import create_app
 from wsgiproxy.config import Settings
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Proxy, Reply, request, wait_until
+from tests.support.client import Reply, request
+from tests.support.proxy import Proxy
 from tests.support.upstream_server import UpstreamServer
+from tests.support.wait import wait_until
 
 WORKERS = ["gevent", "gthread"]
 

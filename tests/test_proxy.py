@@ -16,16 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    Proxy,
-    Reply,
-    raw_exchange,
-    request,
-    start_gunicorn,
-    unanswered_port,
-    wait_until,
-)
+from tests.support.client import Reply, raw_exchange, request
+from tests.support.ports import unanswered_port
+from tests.support.proxy import Proxy, start_gunicorn
 from tests.support.upstream_server import UpstreamServer
+from tests.support.wait import wait_until
 
 MAX_BODY = 1024 * 1024
 

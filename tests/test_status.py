@@ -13,7 +13,8 @@ import pytest
 import requests
 import responses
 
-from tests.conftest import ROOT, Proxy, clean_env
+from tests.support.processes import ROOT, clean_env
+from tests.support.proxy import Proxy
 from tests.support.upstream_server import UpstreamServer
 from wsgiproxy.__main__ import main as cli_main
 from wsgiproxy.status import health_url, main

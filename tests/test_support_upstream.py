@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 import trustme
 
-from tests.conftest import wait_until
 from tests.support.upstream_server import Request, UpstreamServer
+from tests.support.wait import wait_until
 
 
 @pytest.fixture

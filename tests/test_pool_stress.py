@@ -5,19 +5,16 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import subprocess
-import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.support.processes import run_python
 from wsgiproxy.pool import Lease, Limits, Origin, Pool, PoolTimeout
 
 ORIGINS: list[Origin] = [("http", "a", 80), ("http", "b", 80), ("https", "::1", 8443)]
-REPO = Path(__file__).resolve().parent.parent
 DEADLINE = 60.0
 
 
@@ -270,13 +267,7 @@ GEVENT_SCRIPT = textwrap.dedent(
 def test_gevent_greenlets_share_the_pool_without_deadlock() -> None:
     """Under gunicorn's gevent worker the pool's lock would block the hub or hang requests."""
     pytest.importorskip("gevent")
-    proc = subprocess.run(
-        [sys.executable, "-W", "error", "-c", GEVENT_SCRIPT],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_python("-W", "error", "-c", GEVENT_SCRIPT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     stats = json.loads(proc.stdout.split("OK ", 1)[1])
     assert (stats["active"], stats["connecting"], stats["queued"]) == (0, 0, 0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import socket
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,32 +11,11 @@ import pytest
 
 from tests.support.client import Reply, request
 from tests.support.proxy import Proxy
+from tests.support.stress import Threads, run_concurrently
 from tests.support.upstream_server import UpstreamServer
 from tests.support.wait import wait_until
 
 WORKERS = ["gevent", "gthread"]
-
-
-def in_threads(n: int, fn: Callable[[int], Reply]) -> list[Reply]:
-    """Run ``fn(i)`` for i in range(n) concurrently; every thread joined with a deadline."""
-    results: list[Reply | BaseException | None] = [None] * n
-
-    def run(i: int) -> None:
-        try:
-            results[i] = fn(i)
-        except BaseException as exc:  # reported below, in the test's thread
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-        assert not thread.is_alive(), "a client thread hung"
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("worker_class", WORKERS)
@@ -48,7 +26,7 @@ def test_connection_limit_holds_under_concurrency(
     proxy = proxies(
         worker_class, PROXY_UPSTREAM=upstream.url, HTTP_MAX_CONNECTIONS="2", HTTP_POOL_TIMEOUT="30"
     )
-    replies = in_threads(
+    replies = run_concurrently(
         20, lambda i: request(proxy.port, "GET", f"/slow?delay=0.1&i={i}", timeout=30)
     )
     assert [r.status for r in replies] == [200] * 20
@@ -97,29 +75,20 @@ def test_queued_requests_reach_upstream_in_arrival_order(
     holder.request("GET", f"/gated?name={name}")
     resp = holder.getresponse()
     assert resp.read1(100) == b"first\n"
-    results: list[Reply | BaseException | None] = [None] * 6
-    threads = []
-    try:
-        for i in range(6):
-
-            def run(i: int = i) -> None:
-                try:
-                    results[i] = request(proxy.port, "GET", f"/echo?order={i}", timeout=30)
-                except BaseException as exc:
-                    results[i] = exc
-
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
-            threads.append(thread)
-            wait_until(
-                lambda i=i: proxy.health()["pool"]["queued"] == i + 1, 10, f"request {i} to queue"
-            )
-        upstream.open_gate(name)
-        assert resp.read() == b"rest\n"
-    finally:
-        holder.close()
-        for thread in threads:
-            thread.join(30)
+    with Threads("client", deadline=30) as clients:
+        try:
+            for i in range(6):
+                clients.start(request, proxy.port, "GET", f"/echo?order={i}", timeout=30)
+                wait_until(
+                    lambda i=i: proxy.health()["pool"]["queued"] == i + 1,
+                    10,
+                    f"request {i} to queue",
+                )
+            upstream.open_gate(name)
+            assert resp.read() == b"rest\n"
+        finally:
+            holder.close()
+    results = clients.results
     assert all(isinstance(r, Reply) and r.status == 200 for r in results), results
     order = [r.target for r in upstream.requests if r.target.startswith("/echo?order=")]
     assert order == [f"/echo?order={i}" for i in range(6)]
@@ -195,7 +164,7 @@ def test_fifty_aborted_clients_leave_nothing_active(
         finally:
             conn.close()
 
-    assert {r.status for r in in_threads(50, abort)} == {200}
+    assert {r.status for r in run_concurrently(50, abort)} == {200}
     assert proxy.settled(20)["leaks"]["held_past_request"] == []
     assert request(proxy.port, "GET", "/echo").status == 200
 

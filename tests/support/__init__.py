@@ -7,5 +7,7 @@
 - ``ports``: a refused port and a never-answered one.
 - ``processes``: the clean environment children get, ``run``/``run_python`` to run one
   to its end, ``stop_process`` for servers.
+- ``stress``: many threads at once joined by one deadline (``run_concurrently``,
+  ``Threads``), with a checker thread racing them.
 - ``wait``: ``wait_until``, a condition polled with a deadline (never a bare sleep).
 """

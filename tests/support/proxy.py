@@ -86,46 +86,32 @@ def _wait_ready(proxy: Proxy, proc: subprocess.Popen[bytes], timeout: float = 30
     wait_until(ready, timeout, f"{proxy.kind} to answer /_proxy/health")
 
 
-def start_gunicorn(
-    tmp_path: Path, worker_class: str = "gevent", workers: int = 1, **env: str
+def _launch(
+    kind: str,
+    port: int,
+    argv: list[str],
+    log_path: Path,
+    env: dict[str, str],
+    listener: socket.socket | None = None,
 ) -> Proxy:
-    """Real ``gunicorn -c gunicorn.conf.py wsgiproxy.app:app`` on a pre-bound socket."""
-    sock = _bound_socket()
-    port = sock.getsockname()[1]
-    log_path = tmp_path / f"gunicorn-{worker_class}-{port}.log"
-    full_env = clean_env(
-        PROXY_WORKER_CLASS=worker_class,
-        PROXY_WORKERS=str(workers),
-        PROXY_THREADS="16",
-        **env,
-    )
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [
-                str(BIN / "gunicorn"),
-                "-c",
-                "gunicorn.conf.py",
-                "--bind",
-                f"fd://{sock.fileno()}",
-                "--no-control-socket",
-                "--graceful-timeout",
-                "3",
-                "wsgiproxy.app:app",
-            ],
-            cwd=ROOT,
-            env=full_env,
-            pass_fds=[sock.fileno()],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    sock.close()
-    return _ready(Proxy(port, f"gunicorn-{worker_class}", proc, log_path), proc)
-
-
-def _ready(proxy: Proxy, proc: subprocess.Popen[bytes]) -> Proxy:
-    """Wait for a started proxy to answer; stop it if it does not."""
-    proxy.stopper = lambda: stop_process(proc)
+    """Start ``argv`` in its own process group, its output to ``log_path``, and wait for
+    the proxy to answer on ``port``; stop it if it does not. ``listener`` is handed to
+    the child and closed here once it has it."""
+    try:
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=env,
+                pass_fds=() if listener is None else (listener.fileno(),),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+    finally:
+        if listener is not None:
+            listener.close()
+    proxy = Proxy(port, kind, proc, log_path, stopper=lambda: stop_process(proc))
     try:
         _wait_ready(proxy, proc)
     except BaseException:
@@ -134,28 +120,52 @@ def _ready(proxy: Proxy, proc: subprocess.Popen[bytes]) -> Proxy:
     return proxy
 
 
+def start_gunicorn(
+    tmp_path: Path, worker_class: str = "gevent", workers: int = 1, **env: str
+) -> Proxy:
+    """Real ``gunicorn -c gunicorn.conf.py wsgiproxy.app:app`` on a pre-bound socket."""
+    sock = _bound_socket()
+    port = sock.getsockname()[1]
+    return _launch(
+        f"gunicorn-{worker_class}",
+        port,
+        [
+            str(BIN / "gunicorn"),
+            "-c",
+            "gunicorn.conf.py",
+            "--bind",
+            f"fd://{sock.fileno()}",
+            "--no-control-socket",
+            "--graceful-timeout",
+            "3",
+            "wsgiproxy.app:app",
+        ],
+        tmp_path / f"gunicorn-{worker_class}-{port}.log",
+        clean_env(
+            PROXY_WORKER_CLASS=worker_class, PROXY_WORKERS=str(workers), PROXY_THREADS="16", **env
+        ),
+        listener=sock,
+    )
+
+
 def start_flask_run(tmp_path: Path, **env: str) -> Proxy:
     """``flask --app wsgiproxy.app run`` (the threaded dev server) on a free port."""
     port = closed_port()  # the dev server binds by number: a small window, fine for one test
-    log_path = tmp_path / f"flask-{port}.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [
-                str(BIN / "flask"),
-                "--app",
-                "wsgiproxy.app",
-                "run",
-                "--port",
-                str(port),
-                "--host",
-                "127.0.0.1",
-                "--no-reload",
-                "--no-debugger",
-            ],
-            cwd=ROOT,
-            env=clean_env(**env),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return _ready(Proxy(port, "flask-run", proc, log_path), proc)
+    return _launch(
+        "flask-run",
+        port,
+        [
+            str(BIN / "flask"),
+            "--app",
+            "wsgiproxy.app",
+            "run",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--no-reload",
+            "--no-debugger",
+        ],
+        tmp_path / f"flask-{port}.log",
+        clean_env(**env),
+    )

@@ -7,7 +7,6 @@ remote client: only 127.0.0.1 and ::1 count as the machine itself.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import socket
 from collections.abc import Callable
@@ -26,15 +25,9 @@ WORKERS = ["gevent", "gthread"]
 REMOTE = "127.0.0.2"
 
 
-def from_remote(port: int, method: str, target: str, **kw: object) -> Reply:
+def from_remote(port: int, method: str, target: str) -> Reply:
     """A request from 127.0.0.2: a client other than the machine itself."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(REMOTE, 0))
-    try:
-        conn.request(method, target, **kw)  # type: ignore[arg-type]
-        resp = conn.getresponse()
-        return Reply(resp.status, resp.getheaders(), resp.read())
-    finally:
-        conn.close()
+    return request(port, method, target, source=REMOTE)
 
 
 def open_tunnel(

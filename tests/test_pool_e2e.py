@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.client import Reply, request
+from tests.support.client import Reply, gated, request
 from tests.support.proxy import Proxy
 from tests.support.stress import Threads, run_concurrently
 from tests.support.upstream_server import UpstreamServer
@@ -43,21 +43,12 @@ def test_pool_timeout_is_503_with_retry_after(
     proxy = proxies(
         worker_class, PROXY_UPSTREAM=upstream.url, HTTP_MAX_CONNECTIONS="1", HTTP_POOL_TIMEOUT="0.3"
     )
-    name = f"hold-{worker_class}"
-    holder = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-    try:
-        holder.request("GET", f"/gated?name={name}")
-        resp = holder.getresponse()
-        assert resp.read1(100) == b"first\n"
+    with gated(proxy.port, upstream, f"hold-{worker_class}"):  # holds the one connection
         reply = request(proxy.port, "GET", "/echo")
         assert reply.status == 503
         assert reply.header("X-Proxy-Error") == "pool-timeout"
         assert reply.header("Retry-After") == "1"
         assert b"HTTP_POOL_TIMEOUT" in reply.body and b"1/1" in reply.body
-        upstream.open_gate(name)
-        assert resp.read() == b"rest\n"
-    finally:
-        holder.close()
     assert proxy.health()["pool"]["counters"]["pool_timeouts"] == 1
     assert request(proxy.port, "GET", "/echo").status == 200
 
@@ -70,24 +61,15 @@ def test_queued_requests_reach_upstream_in_arrival_order(
     proxy = proxies(
         worker_class, PROXY_UPSTREAM=upstream.url, HTTP_MAX_CONNECTIONS="1", HTTP_POOL_TIMEOUT="30"
     )
-    name = f"fifo-{worker_class}"
-    holder = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
-    holder.request("GET", f"/gated?name={name}")
-    resp = holder.getresponse()
-    assert resp.read1(100) == b"first\n"
-    with Threads("client", deadline=30) as clients:
-        try:
-            for i in range(6):
-                clients.start(request, proxy.port, "GET", f"/echo?order={i}", timeout=30)
-                wait_until(
-                    lambda i=i: proxy.health()["pool"]["queued"] == i + 1,
-                    10,
-                    f"request {i} to queue",
-                )
-            upstream.open_gate(name)
-            assert resp.read() == b"rest\n"
-        finally:
-            holder.close()
+    with (
+        Threads("client", deadline=30) as clients,
+        gated(proxy.port, upstream, f"fifo-{worker_class}", timeout=30),  # the one connection
+    ):
+        for i in range(6):
+            clients.start(request, proxy.port, "GET", f"/echo?order={i}", timeout=30)
+            wait_until(
+                lambda i=i: proxy.health()["pool"]["queued"] == i + 1, 10, f"request {i} to queue"
+            )
     results = clients.results
     assert all(isinstance(r, Reply) and r.status == 200 for r in results), results
     order = [r.target for r in upstream.requests if r.target.startswith("/echo?order=")]

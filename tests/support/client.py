@@ -7,11 +7,16 @@ import http.client
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.processes import run
+
+if TYPE_CHECKING:
+    from tests.support.upstream_server import UpstreamServer
 
 CURL = shutil.which("curl")
 #: curl is what users drive the proxy with; `make test` installs it.
@@ -79,3 +84,25 @@ def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
                     break
                 chunks.append(chunk)
         return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def gated(
+    port: int, upstream: UpstreamServer, name: str, timeout: float = 10.0
+) -> Iterator[http.client.HTTPResponse]:
+    """``GET /gated?name=...`` through the proxy on ``port``, in a ``with`` block.
+
+    Yields the response once its first chunk has arrived while the upstream is parked
+    (it holds its upstream connection all along); leaving the block opens the gate and
+    the rest must follow. The connection is closed either way."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", f"/gated?name={name}")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.read1(100) == b"first\n"  # arrives while the upstream is still parked
+        yield resp
+        upstream.open_gate(name)
+        assert resp.read() == b"rest\n"
+    finally:
+        conn.close()

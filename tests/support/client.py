@@ -1,4 +1,4 @@
-"""The client side: one request over http.client, raw bytes over a socket, and curl."""
+"""The client side: one request over http.client, raw bytes, a parked request, curl."""
 
 from __future__ import annotations
 

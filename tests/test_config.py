@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
 from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
 
+from tests.support.processes import run_python
 from wsgiproxy.settings import ConfigError, Settings, load_settings
 from wsgiproxy.values import HostPatterns, Route, UpstreamURL
 
-ROOT = Path(__file__).resolve().parent.parent
 URL_HINT = "must be an http:// or https:// URL with a host, like http://10.0.0.5:8000"
 
 
@@ -34,13 +32,6 @@ def problems(**env: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env)
     return info.value.lines
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without any PROXY_/HTTP_ variables, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "HTTP_"))}
-    env.update(extra)
-    return env
 
 
 # --- defaults ---------------------------------------------------------------------------
@@ -528,13 +519,10 @@ def test_load_settings_prints_each_problem_and_exits_2(capsys: pytest.CaptureFix
 
 def test_load_settings_reads_os_environ_in_a_real_process() -> None:
     """Start-up with a bad variable would print a traceback or exit with a respawnable code."""
-    proc = subprocess.run(
-        [sys.executable, "-c", "from wsgiproxy.settings import load_settings; load_settings()"],
-        cwd=ROOT,
-        env=clean_env(HTTP_POOL_TIMEOUT="-1"),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = run_python(
+        "-c",
+        "from wsgiproxy.settings import load_settings; load_settings()",
+        env={"HTTP_POOL_TIMEOUT": "-1"},
     )
     assert proc.returncode == 2
     assert proc.stdout == ""
@@ -548,13 +536,5 @@ def test_import_pulls_in_no_network_or_gevent_modules() -> None:
         "import sys, wsgiproxy.settings\n"
         "print(','.join(m for m in ('ssl', 'urllib3', 'flask', 'gevent') if m in sys.modules))"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    proc = run_python("-c", code, check=True)
     assert proc.stdout.strip() == ""

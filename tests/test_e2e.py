@@ -5,23 +5,16 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    BIN,
-    ROOT,
-    clean_env,
-    curl,
-    needs_curl,
-    request,
-    start_flask_run,
-    start_gunicorn,
-    wait_until,
-)
-from tests.upstream import UpstreamServer
+from tests.support.client import curl, needs_curl, request
+from tests.support.ports import closed_port
+from tests.support.processes import BIN, run
+from tests.support.proxy import start_flask_run, start_gunicorn
+from tests.support.upstream_server import UpstreamServer
+from tests.support.wait import wait_until
 
 
 @needs_curl
@@ -116,7 +109,7 @@ def test_https_upstream_unknown_ca_is_502_and_verify_off_works(
 
 def test_bad_setting_stops_gunicorn_with_one_line(tmp_path: Path) -> None:
     """A bad value stops gunicorn before any worker boots: one line, no traceback."""
-    proc = subprocess.run(
+    proc = run(
         [
             str(BIN / "gunicorn"),
             "-c",
@@ -124,10 +117,7 @@ def test_bad_setting_stops_gunicorn_with_one_line(tmp_path: Path) -> None:
             "--no-control-socket",
             "wsgiproxy.app:app",
         ],
-        cwd=ROOT,
-        env=clean_env(HTTP_POOL_TIMEOUT="-1", PROXY_BIND="127.0.0.1:1"),
-        capture_output=True,
-        text=True,
+        env={"HTTP_POOL_TIMEOUT": "-1", "PROXY_BIND": "127.0.0.1:1"},
         timeout=30,
     )
     assert proc.returncode != 0
@@ -139,15 +129,9 @@ def test_bad_setting_stops_gunicorn_with_one_line(tmp_path: Path) -> None:
 
 def test_bad_setting_stops_flask_run_with_one_line(tmp_path: Path) -> None:
     """`flask run` with a bad value exits non-zero naming the variable, no traceback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.run(
-        [str(BIN / "flask"), "--app", "wsgiproxy.app", "run", "--port", str(port)],
-        cwd=ROOT,
-        env=clean_env(PROXY_WORKER_CLASS="eventlet"),
-        capture_output=True,
-        text=True,
+    proc = run(
+        [str(BIN / "flask"), "--app", "wsgiproxy.app", "run", "--port", str(closed_port())],
+        env={"PROXY_WORKER_CLASS": "eventlet"},
         timeout=30,
     )
     assert proc.returncode != 0

@@ -7,7 +7,6 @@ remote client: only 127.0.0.1 and ::1 count as the machine itself.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import socket
 from collections.abc import Callable
@@ -16,30 +15,19 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.conftest import (
-    Proxy,
-    Reply,
-    curl,
-    needs_curl,
-    request,
-    unanswered_port,
-    wait_until,
-)
-from tests.upstream import UpstreamServer
+from tests.support.client import Reply, curl, needs_curl, request
+from tests.support.ports import unanswered_port
+from tests.support.proxy import Proxy, start_flask_run
+from tests.support.upstream_server import UpstreamServer
+from tests.support.wait import wait_until
 
 WORKERS = ["gevent", "gthread"]
 REMOTE = "127.0.0.2"
 
 
-def from_remote(port: int, method: str, target: str, **kw: object) -> Reply:
+def from_remote(port: int, method: str, target: str) -> Reply:
     """A request from 127.0.0.2: a client other than the machine itself."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(REMOTE, 0))
-    try:
-        conn.request(method, target, **kw)  # type: ignore[arg-type]
-        resp = conn.getresponse()
-        return Reply(resp.status, resp.getheaders(), resp.read())
-    finally:
-        conn.close()
+    return request(port, method, target, source=REMOTE)
 
 
 def open_tunnel(
@@ -221,8 +209,6 @@ def test_curl_with_proxy_user_through_tunnel(
 
 def test_flask_run_sends_proxy_authenticate_too(tmp_path: Path, upstream: UpstreamServer) -> None:
     """The dev server's 407 carries the challenge as well."""
-    from tests.conftest import start_flask_run
-
     proxy = start_flask_run(tmp_path, PROXY_AUTH_FILE=str(htpasswd(tmp_path)))
     try:
         reply = request(proxy.port, "GET", f"http://127.0.0.1:{upstream.port}/echo")

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Proxy, raw_exchange, request, start_gunicorn
-from tests.upstream import UpstreamServer
+from tests.support.client import raw_exchange, request
+from tests.support.proxy import Proxy, start_gunicorn
+from tests.support.upstream_server import UpstreamServer
 
 CORPUS = sorted((Path(__file__).parent / "requests").glob("*.http"))
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -12,8 +10,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, Proxy, clean_env, request, wait_until
-from tests.upstream import UpstreamServer
+from tests.support.client import request
+from tests.support.processes import run_python
+from tests.support.proxy import Proxy
+from tests.support.upstream_server import UpstreamServer
+from tests.support.wait import wait_until
 from wsgiproxy.app import create_app
 from wsgiproxy.settings import Settings
 
@@ -209,14 +210,7 @@ def test_gevent_self_check_names_wrong_import_order() -> None:
         "app = create_app(Settings.from_env({}), start_health=False)\n"
         "print(app.extensions['wsgiproxy'].gevent_warnings)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_python("-c", code)
     assert out.returncode == 0, out.stderr
     assert "urllib3 was imported before gevent patched ssl" in out.stdout
 

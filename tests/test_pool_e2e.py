@@ -4,38 +4,18 @@ from __future__ import annotations
 
 import http.client
 import socket
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Proxy, Reply, request, wait_until
-from tests.upstream import UpstreamServer
+from tests.support.client import Reply, gated, request
+from tests.support.proxy import Proxy
+from tests.support.stress import Threads, run_concurrently
+from tests.support.upstream_server import UpstreamServer
+from tests.support.wait import wait_until
 
 WORKERS = ["gevent", "gthread"]
-
-
-def in_threads(n: int, fn: Callable[[int], Reply]) -> list[Reply]:
-    """Run ``fn(i)`` for i in range(n) concurrently; every thread joined with a deadline."""
-    results: list[Reply | BaseException | None] = [None] * n
-
-    def run(i: int) -> None:
-        try:
-            results[i] = fn(i)
-        except BaseException as exc:  # reported below, in the test's thread
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-        assert not thread.is_alive(), "a client thread hung"
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("worker_class", WORKERS)
@@ -46,7 +26,7 @@ def test_connection_limit_holds_under_concurrency(
     proxy = proxies(
         worker_class, PROXY_UPSTREAM=upstream.url, HTTP_MAX_CONNECTIONS="2", HTTP_POOL_TIMEOUT="30"
     )
-    replies = in_threads(
+    replies = run_concurrently(
         20, lambda i: request(proxy.port, "GET", f"/slow?delay=0.1&i={i}", timeout=30)
     )
     assert [r.status for r in replies] == [200] * 20
@@ -63,21 +43,12 @@ def test_pool_timeout_is_503_with_retry_after(
     proxy = proxies(
         worker_class, PROXY_UPSTREAM=upstream.url, HTTP_MAX_CONNECTIONS="1", HTTP_POOL_TIMEOUT="0.3"
     )
-    name = f"hold-{worker_class}"
-    holder = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-    try:
-        holder.request("GET", f"/gated?name={name}")
-        resp = holder.getresponse()
-        assert resp.read1(100) == b"first\n"
+    with gated(proxy.port, upstream, f"hold-{worker_class}"):  # holds the one connection
         reply = request(proxy.port, "GET", "/echo")
         assert reply.status == 503
         assert reply.header("X-Proxy-Error") == "pool-timeout"
         assert reply.header("Retry-After") == "1"
         assert b"HTTP_POOL_TIMEOUT" in reply.body and b"1/1" in reply.body
-        upstream.open_gate(name)
-        assert resp.read() == b"rest\n"
-    finally:
-        holder.close()
     assert proxy.health()["pool"]["counters"]["pool_timeouts"] == 1
     assert request(proxy.port, "GET", "/echo").status == 200
 
@@ -90,34 +61,16 @@ def test_queued_requests_reach_upstream_in_arrival_order(
     proxy = proxies(
         worker_class, PROXY_UPSTREAM=upstream.url, HTTP_MAX_CONNECTIONS="1", HTTP_POOL_TIMEOUT="30"
     )
-    name = f"fifo-{worker_class}"
-    holder = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
-    holder.request("GET", f"/gated?name={name}")
-    resp = holder.getresponse()
-    assert resp.read1(100) == b"first\n"
-    results: list[Reply | BaseException | None] = [None] * 6
-    threads = []
-    try:
+    with (
+        Threads("client", deadline=30) as clients,
+        gated(proxy.port, upstream, f"fifo-{worker_class}", timeout=30),  # the one connection
+    ):
         for i in range(6):
-
-            def run(i: int = i) -> None:
-                try:
-                    results[i] = request(proxy.port, "GET", f"/echo?order={i}", timeout=30)
-                except BaseException as exc:
-                    results[i] = exc
-
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
-            threads.append(thread)
+            clients.start(request, proxy.port, "GET", f"/echo?order={i}", timeout=30)
             wait_until(
                 lambda i=i: proxy.health()["pool"]["queued"] == i + 1, 10, f"request {i} to queue"
             )
-        upstream.open_gate(name)
-        assert resp.read() == b"rest\n"
-    finally:
-        holder.close()
-        for thread in threads:
-            thread.join(30)
+    results = clients.results
     assert all(isinstance(r, Reply) and r.status == 200 for r in results), results
     order = [r.target for r in upstream.requests if r.target.startswith("/echo?order=")]
     assert order == [f"/echo?order={i}" for i in range(6)]
@@ -193,7 +146,7 @@ def test_fifty_aborted_clients_leave_nothing_active(
         finally:
             conn.close()
 
-    assert {r.status for r in in_threads(50, abort)} == {200}
+    assert {r.status for r in run_concurrently(50, abort)} == {200}
     assert proxy.settled(20)["leaks"]["held_past_request"] == []
     assert request(proxy.port, "GET", "/echo").status == 200
 

@@ -5,21 +5,19 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import subprocess
-import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
+from tests.support.processes import run_python
+from tests.support.stress import run_concurrently
 from wsgiproxy.addresses import Origin
 from wsgiproxy.client.pool import Lease, Limits, Pool, PoolTimeout
 
 ORIGINS: list[Origin] = [("http", "a", 80), ("http", "b", 80), ("https", "::1", 8443)]
-REPO = Path(__file__).resolve().parent.parent
-DEADLINE = 60.0
 
 
 class Ledger:
@@ -61,29 +59,15 @@ class Conn:
             self.closed = True
 
 
-def run_threads(targets: list[threading.Thread]) -> None:
-    for thread in targets:
-        thread.start()
-    deadline = time.monotonic() + DEADLINE
-    for thread in targets:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    alive = [t.name for t in targets if t.is_alive()]
-    assert not alive, f"deadlock: threads still running after {DEADLINE}s: {alive[:5]}"
+def checks(pool: Pool[Conn]) -> Callable[[], None]:
+    """Check every invariant under the lock and expire idle connections, as the health
+    thread does."""
 
+    def check() -> None:
+        pool.check_invariants()
+        pool.close_expired()
 
-def checker(pool: Pool[Conn], ledger: Ledger, stop: threading.Event) -> threading.Thread:
-    """A thread that checks every invariant under the lock and expires idle connections,
-    as the health thread does, until `stop` is set."""
-
-    def run() -> None:
-        try:
-            while not stop.wait(0.001):
-                pool.check_invariants()
-                pool.close_expired()
-        except BaseException as exc:
-            ledger.errors.append(exc)
-
-    return threading.Thread(target=run, name="checker", daemon=True)
+    return check
 
 
 def test_threads_keep_invariants_and_never_deadlock() -> None:
@@ -125,15 +109,7 @@ def test_threads_keep_invariants_and_never_deadlock() -> None:
         except BaseException as exc:
             ledger.errors.append(exc)
 
-    stop = threading.Event()
-    check = checker(pool, ledger, stop)
-    check.start()
-    try:
-        run_threads([threading.Thread(target=worker, args=(i,), name=f"w{i}") for i in range(40)])
-    finally:
-        stop.set()
-        check.join(DEADLINE)
-    assert not check.is_alive()
+    run_concurrently(40, worker, check=checks(pool), name="w")
     assert ledger.errors == []
     assert outcomes["served"] + outcomes["timeouts"] == 40 * 250
     pool.check_invariants()
@@ -183,14 +159,7 @@ def test_timeouts_racing_wakeups_lose_no_connection() -> None:
         except BaseException as exc:
             ledger.errors.append(exc)
 
-    stop = threading.Event()
-    check = checker(pool, ledger, stop)
-    check.start()
-    try:
-        run_threads([threading.Thread(target=worker, args=(i,), name=f"r{i}") for i in range(20)])
-    finally:
-        stop.set()
-        check.join(DEADLINE)
+    run_concurrently(20, worker, check=checks(pool), name="r")
     assert ledger.errors == []
     stats = pool.stats()
     assert (stats["active"], stats["connecting"], stats["queued"]) == (0, 0, 0)
@@ -271,13 +240,7 @@ GEVENT_SCRIPT = textwrap.dedent(
 def test_gevent_greenlets_share_the_pool_without_deadlock() -> None:
     """Under gunicorn's gevent worker the pool's lock would block the hub or hang requests."""
     pytest.importorskip("gevent")
-    proc = subprocess.run(
-        [sys.executable, "-W", "error", "-c", GEVENT_SCRIPT],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_python("-W", "error", "-c", GEVENT_SCRIPT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     stats = json.loads(proc.stdout.split("OK ", 1)[1])
     assert (stats["active"], stats["connecting"], stats["queued"]) == (0, 0, 0)

@@ -16,24 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    Proxy,
-    Reply,
-    raw_exchange,
-    request,
-    start_gunicorn,
-    unanswered_port,
-    wait_until,
-)
-from tests.upstream import UpstreamServer
+from tests.support.client import Reply, gated, raw_exchange, request
+from tests.support.ports import closed_port, unanswered_port
+from tests.support.proxy import Proxy, start_gunicorn
+from tests.support.upstream_server import UpstreamServer
+from tests.support.wait import wait_until
 
 MAX_BODY = 1024 * 1024
-
-
-def _dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +47,7 @@ def proxy(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Proxy]:
     routes = (
-        f"/api={up_api.url}/base,/api/v2={up_api.url}/v2base,/dead=http://127.0.0.1:{_dead_port()}"
+        f"/api={up_api.url}/base,/api/v2={up_api.url}/v2base,/dead=http://127.0.0.1:{closed_port()}"
     )
     proc = start_gunicorn(
         tmp_path_factory.mktemp(request.param),
@@ -80,6 +69,15 @@ def get(proxy: Proxy, target: str, **kw: object) -> Reply:
 
 def last_request(up: UpstreamServer):  # type: ignore[no-untyped-def]
     return up.requests[-1]
+
+
+def refused(proxy: Proxy, up: UpstreamServer, data: bytes, status: int) -> bytes:
+    """Send raw ``data``: the answer must be ``status``, and nothing may reach the upstream."""
+    before = len(up.requests)
+    reply = raw_exchange(proxy.port, data)
+    assert reply.startswith(b"HTTP/1.1 %d" % status), reply[:200]
+    assert len(up.requests) == before
+    return reply
 
 
 def assert_proxy_error(reply: Reply, status: int, kind: str) -> None:
@@ -253,17 +251,8 @@ def test_keep_alive_reuse_is_visible_upstream(proxy: Proxy, up: UpstreamServer) 
 # -- streaming ---------------------------------------------------------------------------
 def test_response_streams_before_upstream_finishes(proxy: Proxy, up: UpstreamServer) -> None:
     """Time to first byte does not wait for the upstream to finish the body."""
-    name = f"ttfb-{proxy.kind}"
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-    try:
-        conn.request("GET", f"/gated?name={name}")
-        resp = conn.getresponse()
-        assert resp.status == 200
-        assert resp.read1(100) == b"first\n"  # arrives while the upstream is still parked
-        up.open_gate(name)
-        assert resp.read() == b"rest\n"
-    finally:
-        conn.close()
+    with gated(proxy.port, up, f"ttfb-{proxy.kind}"):
+        pass  # the first chunk arrived before the gate opens
 
 
 def test_chunked_upload_streams_to_upstream(proxy: Proxy, up: UpstreamServer) -> None:
@@ -311,50 +300,46 @@ def test_content_length_upload_is_relayed(proxy: Proxy, up: UpstreamServer) -> N
 # -- refusals and failures ---------------------------------------------------------------
 def test_content_length_with_transfer_encoding_is_refused(proxy: Proxy, up: UpstreamServer) -> None:
     """CL + TE (request smuggling's favourite) gets 400 and never reaches the upstream."""
-    before = len(up.requests)
-    data = raw_exchange(
-        proxy.port,
+    refused(
+        proxy,
+        up,
         b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
     )
-    assert data.startswith(b"HTTP/1.1 400"), data[:200]
-    assert len(up.requests) == before
 
 
 def test_conflicting_content_lengths_are_refused(proxy: Proxy, up: UpstreamServer) -> None:
     """Two different Content-Lengths get 400 and never reach the upstream."""
-    before = len(up.requests)
-    data = raw_exchange(
-        proxy.port,
+    refused(
+        proxy,
+        up,
         b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        400,
     )
-    assert data.startswith(b"HTTP/1.1 400"), data[:200]
-    assert len(up.requests) == before
 
 
 def test_transfer_coding_other_than_chunked_is_501(proxy: Proxy, up: UpstreamServer) -> None:
     """`gzip, chunked` is not relayed as if it were plain chunked: 501, nothing upstream."""
-    before = len(up.requests)
-    data = raw_exchange(
-        proxy.port,
+    data = refused(
+        proxy,
+        up,
         b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n"
         b"Connection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        501,
     )
-    assert data.startswith(b"HTTP/1.1 501"), data[:200]
     assert b"X-Proxy-Error: not-implemented" in data
-    assert len(up.requests) == before
 
 
 def test_body_over_limit_declared_is_413(proxy: Proxy, up: UpstreamServer) -> None:
     """A Content-Length over PROXY_MAX_BODY gets 413 before anything is sent upstream."""
-    before = len(up.requests)
-    data = raw_exchange(
-        proxy.port,
+    refused(
+        proxy,
+        up,
         b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
         % (MAX_BODY + 1),
+        413,
     )
-    assert data.startswith(b"HTTP/1.1 413"), data[:200]
-    assert len(up.requests) == before
 
 
 def test_chunked_body_over_limit_is_413_and_upstream_connection_closed(
@@ -405,7 +390,7 @@ def test_upstream_by_address_or_by_name(tmp_path: Path, up: UpstreamServer, host
     """An IP address is dialled directly, a name through the resolver: both must reach
     the upstream, and both give 502 when refused and 504 when never answered."""
     with unanswered_port() as silent:
-        routes = f"/ok=http://{host}:{up.port}/echo,/dead=http://{host}:{_dead_port()}"
+        routes = f"/ok=http://{host}:{up.port}/echo,/dead=http://{host}:{closed_port()}"
         routes += f",/silent=http://{host}:{silent}"
         proxy = start_gunicorn(tmp_path, "gevent", PROXY_ROUTES=routes, HTTP_CONNECT_TIMEOUT="0.5")
         try:

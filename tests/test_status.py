@@ -4,8 +4,6 @@ admin endpoint (the code under test talks through `requests`), plus one real run
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -13,8 +11,9 @@ import pytest
 import requests
 import responses
 
-from tests.conftest import ROOT, Proxy, clean_env
-from tests.upstream import UpstreamServer
+from tests.support.processes import run_python
+from tests.support.proxy import Proxy
+from tests.support.upstream_server import UpstreamServer
 from wsgiproxy.__main__ import main as cli_main
 from wsgiproxy.status import health_url, main
 
@@ -118,14 +117,7 @@ def test_status_against_a_real_proxy(
 ) -> None:
     """`python -m wsgiproxy status URL` reads a running gunicorn proxy."""
     proxy = proxies("gevent", PROXY_UPSTREAM=upstream.url)
-    out = subprocess.run(
-        [sys.executable, "-m", "wsgiproxy", "status", proxy.url],
-        cwd=ROOT,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_python("-m", "wsgiproxy", "status", proxy.url, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("status  ok")
     assert f"worker pid {proxy.health()['pid']}" in out.stdout

@@ -1,4 +1,4 @@
-"""Self-tests of the test upstream server (tests/upstream.py), over real sockets."""
+"""Self-tests of the instrumented upstream (tests/support/upstream_server.py), over real sockets."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 import trustme
 
-from tests.conftest import wait_until
-from tests.upstream import Request, UpstreamServer
+from tests.support.upstream_server import Request, UpstreamServer
+from tests.support.wait import wait_until
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxies import REVERSE
+from proxies import FORWARD, REVERSE
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class Cell:
     @property
     def proxies(self) -> list[str]:
         if self.forward:
-            return ["wsgiproxy", "wsgiproxy-x", "proxypy"]
+            return list(FORWARD)
         extra = ["bare"] if self.path == "/100b.bin" and self.upstream == "http" else []
         return REVERSE + ["wsgiproxy-x"] + extra
 

@@ -15,7 +15,7 @@ from typing import Any
 from cells import CELLS
 from constants import DELAY, PRODUCT_BIN, QUEUE_CLIENTS, QUEUE_LIMIT, WORKERS
 from provision import nginx_binary, product_commit
-from proxies import OURS, PROXIES
+from proxies import OURS, PROXIES, QUEUE
 
 
 # -- statistics ----------------------------------------------------------------------------
@@ -57,7 +57,7 @@ def queue_medians(queue_runs: list[dict[str, Any]]) -> dict[str, Any]:
     queue: dict[str, Any] = {}
     if queue_runs:
         queue["limit_rps"] = WORKERS * QUEUE_LIMIT / DELAY
-        for proxy in ("wsgiproxy-q8", "flask-urllib3-q8", "direct"):
+        for proxy in QUEUE:
             rs = [r for r in queue_runs if r["proxy"] == proxy]
             if rs:
                 q = {k: med([r[k] for r in rs]) for k in METRICS}
@@ -201,7 +201,7 @@ def report(
             "| proxy | req/s | % of limit | p50 ms | p99 ms | ideal ms | p99 / ideal | errors | up conns/1k |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for proxy in ("wsgiproxy-q8", "flask-urllib3-q8", "direct"):
+        for proxy in QUEUE:
             q = queue.get(proxy)
             if not q:
                 continue

@@ -22,7 +22,7 @@ needs and the product does not is installed here: wrk and nginx from the system 
 when missing, and virtualenvs bench/.venv-wsgiproxy2, bench/.venv-proxypy and
 bench/.venv-tools (matplotlib, py-spy) from bench/requirements-*.txt.
 
-The parts, by what they hold: proxies.py (the proxies), cells.py
+The parts, by what they hold: proxies.py (the proxies as a table of specs), cells.py
 (the cells), goals.py (the goals), provision.py (apt, virtualenvs, files,
 certificates, nginx configs, the product's snapshot), processes.py (starting and stopping
 processes, /proc), servers.py (the upstreams and proxies of a run), measure.py (wrk, CPU,
@@ -53,7 +53,7 @@ from measure import big_response_growth, check_wrk_absolute_form, measure
 from processes import Processes
 from profiling import run_profile
 from provision import ensure_system_tools, ensure_venv
-from proxies import OURS, PROXIES
+from proxies import MEMORY, OURS, PROXIES, QUEUE, TABLE
 from report import (
     machine,
     medians,
@@ -110,14 +110,7 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
 
     memory: dict[str, float] = {}
     if not args.no_memory:
-        for proxy in [
-            "wsgiproxy",
-            "flask-urllib3",
-            "werkzeug",
-            "wsgiproxy2",
-            "flask-requests",
-            "wsgiproxy-gthread",
-        ]:
+        for proxy in MEMORY:
             if (proxy, "http") in bench.inst:
                 memory[proxy] = big_response_growth(bench.inst[(proxy, "http")])
                 print(f"  50 MB response through {proxy}: +{memory[proxy]:.1f} MB", flush=True)
@@ -136,10 +129,9 @@ def _set_up(
 ) -> None:
     """Tools, venvs, files, the upstreams and every instance the cells need, ready."""
     ensure_system_tools()
-    if want("wsgiproxy2"):
-        bench.venv["wsgiproxy2"] = ensure_venv("wsgiproxy2")
-    if want("proxypy"):
-        bench.venv["proxypy"] = ensure_venv("proxypy")
+    for spec in TABLE:
+        if spec.venv and want(spec.name):
+            bench.venv[spec.venv] = ensure_venv(spec.venv)
     bench.venv["tools"] = ensure_venv("tools")
     abs_line = check_wrk_absolute_form()
     t_setup = time.monotonic()
@@ -154,7 +146,7 @@ def _set_up(
             if want(p):
                 needed.add((p, c.upstream))
     if do_queue:
-        needed |= {("wsgiproxy-q8", "delay"), ("flask-urllib3-q8", "delay"), ("direct", "delay")}
+        needed |= {(p, "delay") for p in QUEUE}
     for p, u in sorted(needed):
         bench.start_proxy(p, u)
     print(
@@ -202,7 +194,7 @@ def _measure_cells(
         if do_queue:
             # "direct": wrk alone on the upstream with as many connections as the proxies
             # may open (workers x 8): what the limit comes to on this machine.
-            order = ["wsgiproxy-q8", "flask-urllib3-q8", "direct"]
+            order = list(QUEUE)
             if rep % 2:
                 order.reverse()
             for proxy in order:

@@ -12,11 +12,11 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import provision
-from constants import BENCH, DELAY, PRODUCT_BIN, QUEUE_LIMIT, ROOT, WORKERS
+from constants import BENCH, DELAY, PRODUCT_BIN, ROOT, WORKERS
 from processes import Processes, clean_env, descendants, free_port, http_get, stat
+from proxies import SPECS, Proxy
 
 
 @dataclass
@@ -27,15 +27,16 @@ class Instance:
     upstream: str
     port: int
     root_pid: int | None  # the pid we started (master); None for "direct"
-    workers_fn: Any = None  # () -> [pids] whose RSS is "the proxy's RSS"
+    root_is_worker: bool = False  # the proxy's RSS: root_pid's too, not only its children's
     https: bool = False
     prefix: str = ""  # path prefix the proxy serves the upstream under (werkzeug: /up)
 
     def worker_pids(self) -> list[int]:
+        """The processes whose RSS is "the proxy's RSS"."""
         if self.root_pid is None:
             return []
-        if self.workers_fn is not None:
-            return list(self.workers_fn())
+        if self.root_is_worker:
+            return [self.root_pid] + descendants(self.root_pid)
         return descendants(self.root_pid)
 
     def tree(self) -> list[int]:
@@ -149,11 +150,79 @@ class Bench:
         proc = self._nginx("nginx-proxy", conf)
         self.upstream_root["nginx-proxy"] = proc.pid
 
-    def _gunicorn_baseline(
-        self, name: str, module: str, upstream: str, port: int, bin_dir: Path, **env: str
+    def start_proxy(self, proxy: str, upstream: str) -> None:
+        """An instance of the table's ``proxy`` in front of ``upstream``."""
+        spec = SPECS.get(proxy)
+        if spec is None:
+            raise ValueError(proxy)
+        key = (proxy, upstream)
+        if spec.kind == "direct":
+            port = self.ports["up_" + upstream]
+            self.inst[key] = Instance(proxy, upstream, port, None, https=upstream == "https")
+            return
+        if spec.kind == "nginx":
+            self.inst[key] = Instance(
+                proxy, upstream, self.ports[f"nginx_{upstream}"], self.upstream_root["nginx-proxy"]
+            )
+            return
+        start = {
+            "wsgiproxy": self.start_wsgiproxy,
+            "gunicorn": self.start_gunicorn_app,
+            "proxypy": self.start_proxypy,
+        }[spec.kind]
+        port = free_port()
+        proc = start(spec, f"{proxy}-{upstream}", upstream, port)
+        self.inst[key] = Instance(
+            proxy,
+            upstream,
+            port,
+            proc.pid,
+            root_is_worker=spec.root_is_worker,
+            prefix=spec.prefix,
+        )
+
+    def _bin(self, spec: Proxy) -> Path:
+        return self.venv[spec.venv] if spec.venv else PRODUCT_BIN
+
+    def start_wsgiproxy(
+        self, spec: Proxy, name: str, upstream: str, port: int
     ) -> subprocess.Popen[bytes]:
+        settings = {
+            "PROXY_BIND": f"127.0.0.1:{port}",
+            "PROXY_WORKERS": str(WORKERS),
+            "PROXY_WORKER_CLASS": "gevent",
+            "PROXY_ACCESS_LOG": "",
+            # The idle capacity of the flask-urllib3 baseline's PoolManager(maxsize=100), as
+            # the README's tuning section advises past ~20 clients per worker: the default,
+            # 20, closes and reopens connections at 64 clients and more.
+            "HTTP_MAX_KEEPALIVE_CONNECTIONS": "100",
+        }
+        settings["PROXY_UPSTREAM"] = self.upstream_url(upstream)
+        if upstream == "https":
+            settings["HTTP_CA_BUNDLE"] = self.ca_file
+        settings.update(spec.env)
+        if spec.experiment:
+            settings.update(self.x_env)
         argv = [
-            str(bin_dir / "gunicorn"),
+            str(self._bin(spec) / "gunicorn"),
+            "-c",
+            "gunicorn.conf.py",
+            "--no-control-socket",
+            "wsgiproxy.app:app",
+        ]
+        cwd = (self.x_dir if spec.experiment else None) or self.product_dir
+        return self.procs.start(name, argv, env=clean_env(**settings), cwd=cwd)
+
+    def start_gunicorn_app(
+        self, spec: Proxy, name: str, upstream: str, port: int
+    ) -> subprocess.Popen[bytes]:
+        env = dict(spec.env)
+        if spec.upstream_var:
+            env[spec.upstream_var] = self.upstream_url(upstream)
+        if spec.ca_var and upstream == "https":
+            env[spec.ca_var] = self.ca_file
+        argv = [
+            str(self._bin(spec) / "gunicorn"),
             "-k",
             "gevent",
             "-w",
@@ -171,138 +240,27 @@ class Bench:
             "warning",
             "--error-logfile",
             "-",
-            module,
+            spec.module,
         ]
         return self.procs.start(name, argv, env=clean_env(**env), cwd=BENCH)
 
-    def _wsgiproxy(
-        self,
-        name: str,
-        upstream: str | None,
-        port: int,
-        product_dir: Path | None = None,
-        **env: str,
+    def start_proxypy(
+        self, spec: Proxy, name: str, upstream: str, port: int
     ) -> subprocess.Popen[bytes]:
-        settings = {
-            "PROXY_BIND": f"127.0.0.1:{port}",
-            "PROXY_WORKERS": str(WORKERS),
-            "PROXY_WORKER_CLASS": "gevent",
-            "PROXY_ACCESS_LOG": "",
-            # The idle capacity of the flask-urllib3 baseline's PoolManager(maxsize=100), as
-            # the README's tuning section advises past ~20 clients per worker: the default,
-            # 20, closes and reopens connections at 64 clients and more.
-            "HTTP_MAX_KEEPALIVE_CONNECTIONS": "100",
-        }
-        if upstream:
-            settings["PROXY_UPSTREAM"] = self.upstream_url(upstream)
-            if upstream == "https":
-                settings["HTTP_CA_BUNDLE"] = self.ca_file
-        settings.update(env)
         argv = [
-            str(PRODUCT_BIN / "gunicorn"),
-            "-c",
-            "gunicorn.conf.py",
-            "--no-control-socket",
-            "wsgiproxy.app:app",
+            str(self._bin(spec) / "proxy"),
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-workers",
+            str(WORKERS),
+            "--num-acceptors",
+            str(WORKERS),
+            "--log-level",
+            "WARNING",
         ]
-        return self.procs.start(
-            name, argv, env=clean_env(**settings), cwd=product_dir or self.product_dir
-        )
-
-    def start_proxy(self, proxy: str, upstream: str) -> None:
-        key = (proxy, upstream)
-        name = f"{proxy}-{upstream}"
-        url = self.upstream_url(upstream)
-        ca = {"UPSTREAM_CA": self.ca_file} if upstream == "https" else {}
-        if proxy == "direct":
-            port = self.ports["up_" + upstream]
-            self.inst[key] = Instance(proxy, upstream, port, None, https=upstream == "https")
-            return
-        if proxy == "nginx":
-            self.inst[key] = Instance(
-                proxy, upstream, self.ports[f"nginx_{upstream}"], self.upstream_root["nginx-proxy"]
-            )
-            return
-        port = free_port()
-        if proxy == "wsgiproxy":
-            proc = self._wsgiproxy(name, upstream, port)
-        elif proxy == "wsgiproxy-nopool":
-            proc = self._wsgiproxy(name, upstream, port, HTTP_POOL_ENABLED="0")
-        elif proxy == "wsgiproxy-gthread":
-            proc = self._wsgiproxy(name, upstream, port, PROXY_WORKER_CLASS="gthread")
-        elif proxy == "wsgiproxy-x":
-            proc = self._wsgiproxy(name, upstream, port, self.x_dir, **self.x_env)
-        elif proxy == "wsgiproxy-q8":
-            proc = self._wsgiproxy(name, upstream, port, HTTP_MAX_CONNECTIONS=str(QUEUE_LIMIT))
-        elif proxy == "flask-requests":
-            extra = {"REQUESTS_CA_BUNDLE": self.ca_file} if upstream == "https" else {}
-            proc = self._gunicorn_baseline(
-                name, "flask_requests_app:app", upstream, port, PRODUCT_BIN, UPSTREAM=url, **extra
-            )
-        elif proxy == "flask-urllib3":
-            proc = self._gunicorn_baseline(
-                name, "flask_urllib3_app:app", upstream, port, PRODUCT_BIN, UPSTREAM=url, **ca
-            )
-        elif proxy == "flask-urllib3-q8":
-            proc = self._gunicorn_baseline(
-                name,
-                "flask_urllib3_app:app",
-                upstream,
-                port,
-                PRODUCT_BIN,
-                UPSTREAM=url,
-                POOL_MAXSIZE=str(QUEUE_LIMIT),
-                POOL_BLOCK="1",
-                **ca,
-            )
-        elif proxy == "werkzeug":
-            proc = self._gunicorn_baseline(
-                name, "werkzeug_app:app", upstream, port, PRODUCT_BIN, UPSTREAM=url, **ca
-            )
-        elif proxy == "wsgiproxy2":
-            proc = self._gunicorn_baseline(
-                name,
-                "wsgiproxy2_app:app",
-                upstream,
-                port,
-                self.venv["wsgiproxy2"],
-                UPSTREAM=url,
-                **ca,
-            )
-        elif proxy == "bare":
-            proc = self._gunicorn_baseline(name, "bare_app:app", upstream, port, PRODUCT_BIN)
-        elif proxy == "proxypy":
-            proc = self.procs.start(
-                name,
-                [
-                    str(self.venv["proxypy"] / "proxy"),
-                    "--hostname",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--num-workers",
-                    str(WORKERS),
-                    "--num-acceptors",
-                    str(WORKERS),
-                    "--log-level",
-                    "WARNING",
-                ],
-                env=clean_env(),
-                cwd=self.tmp,
-            )
-            self.inst[key] = Instance(
-                proxy,
-                upstream,
-                port,
-                proc.pid,
-                workers_fn=lambda pid=proc.pid: [pid] + descendants(pid),
-            )
-            return
-        else:
-            raise ValueError(proxy)
-        self.inst[key] = Instance(
-            proxy, upstream, port, proc.pid, prefix="/up" if proxy == "werkzeug" else ""
-        )
+        return self.procs.start(name, argv, env=clean_env(), cwd=self.tmp)
 
     # ---- readiness ----
     def wait_ready(self, deadline_s: float = 90.0) -> None:

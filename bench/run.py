@@ -23,7 +23,7 @@ when missing, and virtualenvs bench/.venv-wsgiproxy2, bench/.venv-proxypy and
 bench/.venv-tools (matplotlib, py-spy) from bench/requirements-*.txt.
 
 The parts, by what they hold: proxies.py (the proxies as a table of specs), cells.py
-(the cells), goals.py (the goals), provision.py (apt, virtualenvs, files,
+(the cells), goals.py (the goals as data), provision.py (apt, virtualenvs, files,
 certificates, nginx configs, the product's snapshot), processes.py (starting and stopping
 processes, /proc), servers.py (the upstreams and proxies of a run), measure.py (wrk, CPU,
 RSS), report.py (medians and the report), profiling.py (--profile); this file runs them.

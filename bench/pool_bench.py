@@ -2,7 +2,7 @@
 
 M = 100 connections to one origin, all active, N requests queued; the event is one more
 request arriving, or one connection released (the head of the queue gets it). Compared, on
-the same fake connections: `wsgiproxy.pool.PoolState` and `Pool`, httpcore 1.0.9's
+the same fake connections: `wsgiproxy.client.pool.PoolState` and `Pool`, httpcore 1.0.9's
 `ConnectionPool._assign_requests_to_connections`, and PR #974's single-pass rewrite of it.
 `make bench-pool` runs it in bench/.venv-httpcore (made if missing), prints one markdown
 table, writes it to bench/results/, and exits 1 when a goal line says FAIL. See
@@ -135,7 +135,7 @@ class Case:
 
 def ours_case(scenario: str, n: int, locked: bool) -> Case:
     """`PoolState`, or `Pool`, with M active connections and n waiters queued."""
-    from wsgiproxy.pool import Limits, Pool, PoolState, PoolTimeout
+    from wsgiproxy.client.pool import Limits, Pool, PoolState, PoolTimeout
 
     limits = Limits(max_connections=M, max_keepalive=M, keepalive_expiry=3600.0)
     pool: Pool[FakeConn] = Pool(limits, clock=lambda: NOW)
@@ -376,14 +376,14 @@ def main() -> int:
     print(out)
 
     now = datetime.datetime.now(datetime.UTC)
-    dirty = git("status", "--porcelain", "wsgiproxy/pool.py")
+    dirty = git("status", "--porcelain", "wsgiproxy/client/pool.py")
     header = [
         f"# Pool benchmark, {now:%Y-%m-%d %H:%M} UTC\n",
         f"- machine: {platform.platform()}, nproc {len(os.sched_getaffinity(0))}, "
         f"load average {load:.2f} before, {os.getloadavg()[0]:.2f} after",
         f"- Python {platform.python_version()}, httpcore {httpcore.__version__}",
         f"- wsgiproxy at {git('log', '-1', '--format=%h %s').strip()}"
-        + (" (wsgiproxy/pool.py modified)" if dirty else ""),
+        + (" (wsgiproxy/client/pool.py modified)" if dirty else ""),
         f"- the run took {time.monotonic() - started:.0f} s (`make bench-pool`)\n\n",
     ]
     path = BENCH / "results" / f"pool-{now:%Y-%m-%d}.md"

@@ -167,12 +167,13 @@ def summarize_profile(stacks: dict[str, int], m: dict[str, Any], target: str, ce
 
 
 AREAS = [
-    ("wsgiproxy/pool.py", "wsgiproxy: pool"),
-    ("wsgiproxy/response.py", "wsgiproxy: response head parsing"),
-    ("wsgiproxy/upstream.py", "wsgiproxy: upstream client (send/finish)"),
-    ("wsgiproxy/forwarding.py", "wsgiproxy: forwarding (headers, body relay)"),
-    ("wsgiproxy/routing.py", "wsgiproxy: routing"),
-    ("wsgiproxy/app.py", "wsgiproxy: dispatch"),
+    ("wsgiproxy/client/pool.py", "wsgiproxy: pool"),
+    ("wsgiproxy/client/http1.py", "wsgiproxy: HTTP/1 head writing and parsing"),
+    ("wsgiproxy/client/", "wsgiproxy: upstream client (send/finish)"),
+    ("wsgiproxy/proxy/handler.py", "wsgiproxy: handler (body relay)"),
+    ("wsgiproxy/proxy/headers.py", "wsgiproxy: header rules"),
+    ("wsgiproxy/proxy/routing.py", "wsgiproxy: routing"),
+    ("wsgiproxy/proxy/dispatch.py", "wsgiproxy: dispatch"),
     ("urllib3/", "urllib3"),
     ("http/client.py", "http.client (request writing, getresponse)"),
     ("email/", "http.client header parsing (email.parser)"),

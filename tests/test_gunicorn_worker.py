@@ -17,17 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    ROOT,
-    Proxy,
-    _bound_socket,
-    _stop_process,
-    clean_env,
-    raw_exchange,
-    start_gunicorn,
-    wait_until,
-)
-from tests.upstream import UpstreamServer
+from tests.support.client import raw_exchange
+from tests.support.processes import ROOT, clean_env, stop_process
+from tests.support.proxy import Proxy, bound_socket, start_gunicorn
+from tests.support.upstream_server import UpstreamServer
+from tests.support.wait import wait_until
 from wsgiproxy.server.gunicorn import VERIFIED_GUNICORN, version_mismatch
 
 
@@ -160,7 +154,7 @@ FAKE_EVERYWHERE = f"gunicorn.__version__ = {FAKE_VERSION!r}\n"
 def _run_gunicorn(tmp_path: Path, worker_class: str, workers: int, fake: str) -> tuple[int, str]:
     """gunicorn's own entry point with the repo's gunicorn.conf.py, after ``fake``; waits
     for it to exit by itself (60 s at most) and returns its status and output."""
-    sock = _bound_socket()
+    sock = bound_socket()
     args = [
         "gunicorn",
         "-c",
@@ -198,7 +192,7 @@ def _run_gunicorn(tmp_path: Path, worker_class: str, workers: int, fake: str) ->
     try:
         returncode = proc.wait(timeout=60)
     finally:
-        _stop_process(proc)
+        stop_process(proc)
     return returncode, log_path.read_text(errors="replace")
 
 

@@ -242,3 +242,25 @@ def test_a_failing_check_does_not_stop_later_checks() -> None:
     finally:
         state.close()
     assert not monitor.running
+
+
+def test_a_request_that_dies_unexpectedly_leaves_no_phantom_leak() -> None:
+    """A request ended by something other than a proxy error (here the pool closed under
+    it, as at shutdown) would stay "in flight" forever, and /_proxy/health would report
+    every connection held since as a leak."""
+    from werkzeug.test import Client
+
+    app = create_app(
+        Settings.from_env({"PROXY_UPSTREAM": "http://127.0.0.1:9"}), start_health=False
+    )
+    state = app.extensions["wsgiproxy"]
+    state.client.close()  # later acquires raise RuntimeError: the pool is closed
+    client = Client(app)
+    with pytest.raises(RuntimeError, match="closed"):
+        client.get("/anything")
+    health = client.get("/_proxy/health").get_json()
+    assert health["leaks"] == {"checked_out": 0, "in_flight": 0, "held_past_request": []}
+    (server,) = health["upstreams"]["/"]
+    assert (server["in_flight"], server["requests"]) == (0, 1)
+    assert health["pool"]["active"] == health["pool"]["connecting"] == 0
+    state.close()

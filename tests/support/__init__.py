@@ -1,7 +1,7 @@
 """What the tests are built from; the fixtures in ``tests/conftest.py`` use these.
 
 - ``upstream_server``: the instrumented HTTP/1.1 upstream that records what arrived on
-  which connection (named so as not to be mistaken for ``wsgiproxy/upstream.py``).
+  which connection (named so as not to be mistaken for ``wsgiproxy/upstreams/``).
 - ``proxy``: the proxy under real gunicorn or ``flask run``, and ``Proxy`` to drive it.
 - ``client``: one request (``request``, ``Reply``), raw bytes (``raw_exchange``), a
   request parked on the upstream (``gated``), curl.

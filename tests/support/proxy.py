@@ -65,7 +65,7 @@ class Proxy:
             self.stopper()
 
 
-def _bound_socket() -> socket.socket:
+def bound_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -124,7 +124,7 @@ def start_gunicorn(
     tmp_path: Path, worker_class: str = "gevent", workers: int = 1, **env: str
 ) -> Proxy:
     """Real ``gunicorn -c gunicorn.conf.py wsgiproxy.app:app`` on a pre-bound socket."""
-    sock = _bound_socket()
+    sock = bound_socket()
     port = sock.getsockname()[1]
     return _launch(
         f"gunicorn-{worker_class}",

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from ..buffers import BLOCK
 from ..errors import BodyTooLarge, ClientBodyError
-from .http1 import BLOCK
 
 
 class RequestBody:

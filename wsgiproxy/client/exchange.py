@@ -20,6 +20,7 @@ from urllib3.connection import HTTPConnection
 from urllib3.exceptions import HTTPError
 
 from ..addresses import Origin, format_origin
+from ..buffers import BLOCK
 from ..concurrency import cooperative_yield
 from ..errors import (
     SENT,
@@ -312,7 +313,7 @@ class UpstreamClient:
             conn.send(head)
             response = _read_response(conn, "GET")
             try:
-                response.read(65536)
+                response.read(BLOCK)
                 return response.status
             finally:
                 response.close()

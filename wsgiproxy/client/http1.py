@@ -21,10 +21,6 @@ from typing import Any
 
 from ..errors import BadRequest, BodyTooLarge, NotSupported
 
-#: Bytes moved per read or send of a body, and the part of a request body kept for a
-#: replay: bounded memory, few system calls.
-BLOCK = 64 * 1024
-
 # tchar (RFC 9110 5.6.2): what a method and a header name are made of.
 _TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _METHOD = re.compile(f"[{_TCHAR}]+")

@@ -17,9 +17,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..addresses import format_origin
+from ..buffers import BLOCK
 from ..client.body import RequestBody
 from ..client.exchange import Exchange, Outgoing, UpstreamClient
-from ..client.http1 import BLOCK, request_framing, response_framing_error
+from ..client.http1 import request_framing, response_framing_error
 from ..errors import SENT, ProxyError, StaleConnection, UpstreamProtocolError
 from ..metrics import Metrics
 from ..settings import RequestSettings

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..addresses import is_local_client, is_public
 from ..errors import NOT_SENT, Forbidden, UpstreamConnectError
+from ..server.gunicorn import client_socket
 from ..settings import ForwardPolicy
 from .auth import ProxyAuth
 
@@ -101,7 +102,7 @@ class ForwardGuard:
 
 def own_address(environ: dict[str, Any]) -> tuple[str, int] | None:
     """The address and port the client reached this proxy on."""
-    sock = environ.get("gunicorn.socket")
+    sock = client_socket(environ)
     if sock is not None:
         try:
             name = sock.getsockname()

@@ -24,7 +24,7 @@ import socket
 import threading
 from typing import Any
 
-from ..client.http1 import BLOCK
+from ..buffers import BLOCK
 from ..errors import NOT_SENT, Forbidden, NotSupported, UpstreamConnectError, UpstreamTimeout
 from ..server.gunicorn import client_socket, pending_client_bytes, take_over_response
 from ..settings import ForwardPolicy, Timeouts

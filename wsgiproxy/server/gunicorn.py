@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import sys
 import time
 from http import HTTPStatus
 from typing import Any
@@ -34,6 +33,9 @@ from typing import Any
 import gunicorn  # type: ignore[import-untyped]
 from gunicorn import util as gunicorn_util
 from gunicorn.http import wsgi as gunicorn_wsgi  # type: ignore[import-untyped]
+
+from ..buffers import BLOCK
+from ..concurrency import gevent_patched
 
 #: The gunicorn release this module was read against and tested with
 #: (``requirements.txt`` pins the same).
@@ -46,7 +48,7 @@ WORKER_BOOT_ERROR = 3
 
 #: Body bytes sent together with the head; a longer first write goes out separately
 #: rather than being copied behind the head.
-COALESCE_LIMIT = 64 * 1024
+COALESCE_LIMIT = BLOCK
 
 #: Connections a gevent worker accepts each time the listening socket is ready.
 ACCEPT_BATCH = 16
@@ -375,7 +377,7 @@ def install() -> None:
     gunicorn_wsgi.Response = CoalescingResponse
     gunicorn_util.http_date = http_date
     gunicorn_util.write_error = write_refusal
-    if "gevent" in sys.modules:
+    if gevent_patched():
         from gunicorn.workers import ggevent  # type: ignore[import-untyped]
 
         if not getattr(ggevent.StreamServer, "batched", False):

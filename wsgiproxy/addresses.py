@@ -22,6 +22,7 @@ __all__ = [
     "is_local_client",
     "is_public",
     "parse_ip",
+    "parse_port",
     "split_host_port",
 ]
 
@@ -70,6 +71,13 @@ def split_host_port(authority: str) -> tuple[str, str] | None:
     if ":" in port_text:
         return None
     return host, port_text
+
+
+def parse_port(text: str) -> int | None:
+    """A TCP port 1..65535 written as plain ASCII digits, or None."""
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
+        return None
+    return int(text)
 
 
 def parse_ip(text: str) -> IPv4Address | IPv6Address | None:

@@ -24,6 +24,7 @@ from .addresses import (
     format_authority,
     in_networks,
     parse_ip,
+    parse_port,
     split_host_port,
 )
 
@@ -56,9 +57,10 @@ def _is_hostname(host: str) -> bool:
 
 def _port(text: str) -> int:
     """A TCP port 1..65535 written as plain decimal digits; ValueError otherwise."""
-    if not _DIGITS_RE.fullmatch(text) or not 1 <= int(text) <= 65535:
+    port = parse_port(text)
+    if port is None:
         raise ValueError(f"{text!r} is not a port from 1 to 65535")
-    return int(text)
+    return port
 
 
 @dataclass(frozen=True)

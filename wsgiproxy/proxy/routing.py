@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from ..addresses import DEFAULT_PORTS, Origin, format_authority, split_host_port
+from ..addresses import DEFAULT_PORTS, Origin, format_authority, parse_port, split_host_port
 from ..errors import BadRequest, NoRoute
 from ..upstreams.routes import Upstreams
 from ..upstreams.server import Server
@@ -67,9 +67,10 @@ def split_authority(authority: str, default_port: int | None) -> tuple[str, int]
     if not host:
         raise BadRequest("absolute URL without a host")
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        parsed = parse_port(port_text)
+        if parsed is None:
             raise BadRequest(f"bad port in request target: {port_text[:20]!r}")
-        port = int(port_text)
+        port = parsed
     elif default_port is not None:
         port = default_port
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxies import FORWARD, REVERSE
+from proxies import FORWARD, KEEPALIVE_CELLS, REVERSE
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,8 @@ class Cell:
         if self.forward:
             return list(FORWARD)
         extra = ["bare"] if self.path == "/100b.bin" and self.upstream == "http" else []
+        if self.name in KEEPALIVE_CELLS:
+            extra.append("wsgiproxy-keep100")
         return REVERSE + ["wsgiproxy-x"] + extra
 
 

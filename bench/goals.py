@@ -41,6 +41,14 @@ GOALS = [
          "rps_vs", ">=", 0.15, "100B c64", "nginx"),
     Goal("100 B at 64 connections: at least 0.45x the stack's ceiling (bare WSGI app)",
          "rps_vs", ">=", 0.45, "100B c64", "bare"),
+    Goal("Defaults, 100 B at 64 connections: at most 2 upstream connections opened per 1,000 requests",
+         "conns_per_1k", "<=", 2, "100B c64"),
+    Goal("Defaults, 100 B at 256 connections: at most 2 upstream connections opened per 1,000 requests",
+         "conns_per_1k", "<=", 2, "100B c256"),
+    Goal("Defaults, 100 B at 64 connections: at least 0.98x the req/s of HTTP_MAX_KEEPALIVE_CONNECTIONS=100",
+         "rps_vs", ">=", 0.98, "100B c64", "wsgiproxy-keep100"),
+    Goal("Defaults, 100 B at 256 connections: at least 0.98x the req/s of HTTP_MAX_KEEPALIVE_CONNECTIONS=100",
+         "rps_vs", ">=", 0.98, "100B c256", "wsgiproxy-keep100"),
     Goal("Forward mode, 100 B at 64 connections: at least 0.5x proxy.py",
          "rps_vs", ">=", 0.5, "forward 100B c64", "proxypy"),
     Goal("HTTPS upstream at 64: at least 10x the new-connection-per-request baseline",
@@ -124,6 +132,17 @@ def added_p50_vs(g: Goal, m: Measured) -> Shown:
     )
 
 
+def conns_per_1k(g: Goal, m: Measured) -> Shown:
+    """Upstream connections ours opened per 1,000 requests (the pool's churn)."""
+    n = m.get(g.cell, OURS, "conns_per_1k")
+    if n is None:
+        return None
+    keep = m.get(g.cell, "wsgiproxy-keep100", "conns_per_1k")
+    return n, f"{fmt(n, 1)} per 1,000" + (
+        f" (HTTP_MAX_KEEPALIVE_CONNECTIONS=100: {fmt(keep, 1)})" if keep is not None else ""
+    )
+
+
 def p99_vs(g: Goal, m: Measured) -> Shown:
     o, f = m.get(g.cell, OURS, "p99_ms"), m.get(g.cell, g.against, "p99_ms")
     r = ratio(o, f)
@@ -186,6 +205,7 @@ METRIC_FNS: dict[str, Callable[[Goal, Measured], Shown]] = {
         rps_vs_best,
         rps_vs,
         added_p50_vs,
+        conns_per_1k,
         p99_vs,
         queue_share_of_limit,
         queue_p99_vs_ideal,

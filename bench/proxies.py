@@ -39,10 +39,13 @@ class Proxy:
 OURS = "wsgiproxy"
 
 TABLE = [
+    Proxy("wsgiproxy", "wsgiproxy, gevent x2, pool on, default settings", "wsgiproxy"),
     Proxy(
+        "wsgiproxy-keep100",
+        "wsgiproxy with HTTP_MAX_KEEPALIVE_CONNECTIONS=100 (the flask-urllib3 baseline's"
+        " idle capacity): what the defaults must keep up with",
         "wsgiproxy",
-        "wsgiproxy, gevent x2, pool on (defaults but HTTP_MAX_KEEPALIVE_CONNECTIONS=100)",
-        "wsgiproxy",
+        env={"HTTP_MAX_KEEPALIVE_CONNECTIONS": "100"},
     ),
     Proxy(
         "wsgiproxy-nopool",
@@ -139,6 +142,8 @@ REVERSE = [
     "nginx",
     "direct",
 ]
+#: the cells where the defaults are measured beside HTTP_MAX_KEEPALIVE_CONNECTIONS=100
+KEEPALIVE_CELLS = ["100B c64", "100B c256"]
 #: the proxies of the forward-proxy cell
 FORWARD = ["wsgiproxy", "wsgiproxy-x", "proxypy"]
 #: the queue-pressure run: "direct" is wrk alone on the upstream

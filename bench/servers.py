@@ -192,10 +192,6 @@ class Bench:
             "PROXY_WORKERS": str(WORKERS),
             "PROXY_WORKER_CLASS": "gevent",
             "PROXY_ACCESS_LOG": "",
-            # The idle capacity of the flask-urllib3 baseline's PoolManager(maxsize=100), as
-            # the README's tuning section advises past ~20 clients per worker: the default,
-            # 20, closes and reopens connections at 64 clients and more.
-            "HTTP_MAX_KEEPALIVE_CONNECTIONS": "100",
         }
         settings["PROXY_UPSTREAM"] = self.upstream_url(upstream)
         if upstream == "https":

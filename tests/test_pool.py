@@ -81,9 +81,9 @@ class Script:
 
 
 def new_state(
-    max_connections: int = 4, max_keepalive: int = 4, expiry: float = 60.0
+    max_connections: int = 4, max_keepalive: int = 4, expiry: float = 60.0, surplus: float = 5.0
 ) -> PoolState[FakeConn]:
-    return PoolState(Limits(max_connections, max_keepalive, expiry))
+    return PoolState(Limits(max_connections, max_keepalive, expiry, surplus))
 
 
 def take(state: PoolState[FakeConn], origin: Origin, now: float = 0.0) -> Lease[FakeConn]:
@@ -251,17 +251,51 @@ def test_keep_alive_timeout_header_shortens_expiry() -> None:
     state.check_invariants()
 
 
-def test_surplus_idle_connections_are_evicted_oldest_first() -> None:
-    """Idle sockets beyond HTTP_MAX_KEEPALIVE_CONNECTIONS would pile up on upstreams."""
-    state = new_state(max_connections=4, max_keepalive=2)
+def test_surplus_idle_connections_stay_until_unused_for_the_window() -> None:
+    """A load above HTTP_MAX_KEEPALIVE_CONNECTIONS would close connections on release
+    that its next requests reopen (a TLS handshake each): churn at the default settings."""
+    state = new_state(max_connections=4, max_keepalive=2, surplus=5.0)
     leases = [take(state, A), take(state, B), take(state, A), take(state, B)]
-    closed = []
     for t, lease in enumerate(leases):
-        tr = state.release(lease, float(t), reusable=True)
-        closed += closed_by(tr)
-        assert all(d.kind == "evict" and d.for_origin is None for d in tr.decisions)
-    assert closed == [leases[0].conn, leases[1].conn]
-    assert state.stats()["idle"] == 2 and state.counters.evicted == 2
+        assert closed_by(state.release(lease, float(t), reusable=True)) == []
+    assert state.stats()["idle"] == 4
+    state.check_invariants()
+    assert closed_by(state.close_expired(4.9)) == []  # the oldest came back at 0.0
+    tr = state.close_expired(5.0)
+    assert closed_by(tr) == [leases[0].conn] and kinds(tr) == ["shed"]
+    tr = state.close_expired(6.5)  # the next oldest, idle since 1.0; then two are kept
+    assert closed_by(tr) == [leases[1].conn]
+    assert closed_by(state.close_expired(30.0)) == []
+    assert state.stats()["idle"] == 2
+    assert (state.counters.shed, state.counters.evicted, state.counters.closed) == (2, 0, 2)
+    state.check_invariants()
+
+
+def test_a_steady_load_above_the_limit_keeps_its_connections() -> None:
+    """Connections a load keeps reusing would be shed and reopened at every release."""
+    state = new_state(max_connections=8, max_keepalive=1, surplus=5.0)
+    leases = [take(state, A) for _ in range(4)]
+    now = 0.0
+    for _ in range(200):  # 4 requests in flight, each done after 0.5 s, for 100 s
+        now += 0.5
+        for lease in leases:
+            closed_by(state.release(lease, now, reusable=True))
+        leases = [take(state, A, now) for _ in range(4)]
+        state.check_invariants()
+    assert (state.counters.created, state.counters.shed) == (4, 0)
+    for lease in leases:
+        closed_by(state.release(lease, now, reusable=True))
+    assert len(closed_by(state.close_expired(now + 5.0))) == 3  # back to the one kept
+    assert state.stats()["idle"] == 1
+
+
+def test_no_keepalive_closes_on_release() -> None:
+    """HTTP_MAX_KEEPALIVE_CONNECTIONS=0 would still keep idle connections for a while."""
+    state = new_state(max_connections=2, max_keepalive=0, surplus=5.0)
+    lease = take(state, A)
+    tr = state.release(lease, 1.0, reusable=True)
+    assert closed_by(tr) == [lease.conn] and kinds(tr) == ["shed"]
+    assert state.stats()["idle"] == 0
     state.check_invariants()
 
 
@@ -582,6 +616,8 @@ def test_debug_log_says_each_decision(caplog: pytest.LogCaptureFixture) -> None:
     a, b = hold(pool, A), hold(pool, B)
     pool.release(a, reusable=True)
     pool.release(b, reusable=True)
+    clock.now = 15.0
+    assert pool.close_expired() == 1
     assert caplog.messages == [
         "creating new connection to http://a:80 (idle=0 active=1 queued=0)",
         "creating new connection to http://b:80 (idle=0 active=2 queued=0)",
@@ -595,12 +631,13 @@ def test_debug_log_says_each_decision(caplog: pytest.LogCaptureFixture) -> None:
         "expired idle connection to http://a:80 (idle=0 active=0 queued=0)",
         "creating new connection to http://a:80 (idle=0 active=1 queued=0)",
         "creating new connection to http://b:80 (idle=0 active=2 queued=0)",
-        "evicting surplus idle connection to http://a:80 (idle=1 active=0 queued=0)",
+        "shedding surplus idle connection to http://a:80, unused for its window"
+        " (idle=1 active=0 queued=0)",
     ]
     assert all(r.levelno == logging.DEBUG for r in caplog.records)
     assert [d.kind for d in seen] == [
         "create", "create", "reuse", "evict", "create", "handoff", "timeout", "close",
-        "expire", "create", "create", "evict",
+        "expire", "create", "create", "shed",
     ]  # fmt: skip
 
 
@@ -631,6 +668,7 @@ def test_repr_and_stats_show_the_figures() -> None:
             "created": 3,
             "reused": 0,
             "expired": 0,
+            "shed": 0,
             "evicted": 0,
             "closed": 0,
             "pool_timeouts": 0,
@@ -649,6 +687,8 @@ def test_limits_are_validated() -> None:
         Limits(1, -1, 1.0)
     with pytest.raises(ValueError, match="keepalive_expiry"):
         Limits(1, 1, -1.0)
+    with pytest.raises(ValueError, match="surplus_idle"):
+        Limits(1, 1, 1.0, -1.0)
 
 
 # -- randomized sequences -----------------------------------------------------------------
@@ -659,7 +699,12 @@ def test_random_sequences_keep_every_invariant(seed: int) -> None:
     """Some interleaving of requests, timeouts and expiry would break the pool's rules."""
     rng = random.Random(seed)
     state: PoolState[FakeConn] = PoolState(
-        Limits(rng.randint(1, 6), rng.randint(0, 4), rng.choice([0.5, 3.0, 60.0]))
+        Limits(
+            rng.randint(1, 6),
+            rng.randint(0, 4),
+            rng.choice([0.5, 3.0, 60.0]),
+            rng.choice([0.0, 1.0, 5.0]),
+        )
     )
     origins = [A, B, V6]
     now = 0.0

@@ -161,3 +161,49 @@ def test_pool_disabled_opens_a_connection_per_request(
     assert len({r.conn_id for r in upstream.requests}) == 5
     wait_until(lambda: upstream.open_connections == 0, 5, "each connection to be closed")
     assert proxy.health()["pool"]["idle"] == 0
+
+
+def _keep_alive_client(port: int, requests: int, delay: float) -> list[int]:
+    """One client on one keep-alive connection: ``requests`` slow requests in a row."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    statuses = []
+    try:
+        for _ in range(requests):
+            conn.request("GET", f"/slow?delay={delay}")
+            reply = conn.getresponse()
+            reply.read()
+            statuses.append(reply.status)
+    finally:
+        conn.close()
+    return statuses
+
+
+@pytest.mark.parametrize("worker_class", WORKERS)
+def test_a_steady_load_above_the_idle_limit_keeps_its_connections(
+    proxies: Callable[..., Proxy], upstream: UpstreamServer, worker_class: str
+) -> None:
+    """A load of 12 requests at once with HTTP_MAX_KEEPALIVE_CONNECTIONS=2 would close 10
+    connections at every release and reopen them for the next requests (churn, and a
+    TLS handshake each on an https upstream); once the load stops, the surplus would
+    stay open for good. It must keep what it uses, then fall back to 2 within the
+    5-second surplus window."""
+    proxy = proxies(worker_class, PROXY_UPSTREAM=upstream.url, HTTP_MAX_KEEPALIVE_CONNECTIONS="2")
+    clients = 12
+    warm = run_concurrently(clients, lambda i: _keep_alive_client(proxy.port, 3, 0.05))
+    assert all(s == [200] * 3 for s in warm)
+    opened_after_warm_up = upstream.connections_opened
+    steady = run_concurrently(clients, lambda i: _keep_alive_client(proxy.port, 20, 0.02))
+    assert all(s == [200] * 20 for s in steady)
+    assert upstream.connections_opened - opened_after_warm_up <= 2, (
+        f"{upstream.connections_opened - opened_after_warm_up} connections opened by a steady"
+        f" load of {clients * 20} requests"
+    )
+    pool = proxy.settled()["pool"]
+    assert pool["idle"] > 2, "surplus idle connections were closed on release"
+    wait_until(
+        lambda: proxy.health()["pool"]["idle"] == 2, 5 + 3, "the surplus to be shed down to 2"
+    )
+    health = proxy.health()
+    assert health["pool"]["counters"]["shed"] == pool["idle"] - 2
+    assert health["pool"]["counters"]["evicted"] == 0
+    wait_until(lambda: upstream.open_connections == 2, 5, "the upstream to see the shed closed")

@@ -2,9 +2,10 @@
 
 One thread per worker process (a greenlet under gevent, through the patched
 ``threading``), started when the app is built in the worker and stopped when the worker
-exits. Every second it brings the metrics up to date; every ``HTTP_HEALTH_INTERVAL`` it
-runs the checks: close idle connections past their expiry (so idle sockets do not linger
-when no request comes), close idle connections the upstream has dropped, and, with
+exits. Every second it runs the pool's pass (so surplus idle connections are shed, and
+idle ones past their expiry closed, when no request comes) and brings the metrics up to
+date; every ``HTTP_HEALTH_INTERVAL`` it runs the checks: close idle connections the
+upstream has dropped, and, with
 ``HTTP_HEALTH_PATH`` set, probe each upstream. A check that raises is logged and counted;
 the next check runs all the same.
 
@@ -93,6 +94,7 @@ class HealthMonitor:
     def _run(self) -> None:
         next_check = time.monotonic() + self.interval
         while not self._stop.wait(min(REFRESH_EVERY, max(0.0, next_check - time.monotonic()))):
+            self._guarded(self.close_expired)
             self._guarded(self.refresh_metrics)
             if time.monotonic() >= next_check:
                 self.check_once()
@@ -121,9 +123,10 @@ class HealthMonitor:
         self.metrics.refresh(self.client.pool.stats(), self.tunnel_stats())
 
     def close_expired(self) -> None:
+        """The pool's pass: expired idle connections closed, surplus idle ones shed."""
         closed = self.client.pool.close_expired()
         if closed:
-            log.debug("health thread closed %d expired idle connection(s)", closed)
+            log.debug("health thread closed %d expired or surplus idle connection(s)", closed)
 
     def close_dropped(self) -> None:
         closed = self.client.pool.close_dead_idle(_dead)

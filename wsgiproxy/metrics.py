@@ -41,6 +41,7 @@ _POOL_COUNTERS = (
     "created",
     "reused",
     "expired",
+    "shed",
     "evicted",
     "closed",
     "pool_timeouts",
@@ -107,8 +108,9 @@ class Metrics:
         )
         self.pool_events = Counter(
             "wsgiproxy_pool_events",
-            "Pool events: connections created, reused, expired, evicted, closed; pool "
-            "timeouts, retries on a new connection, errors.",
+            "Pool events: connections created, reused, expired, shed (surplus idle unused "
+            "for its window), evicted, closed; pool timeouts, retries on a new connection, "
+            "errors.",
             ["event"],
             registry=reg,
         )

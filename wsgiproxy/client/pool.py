@@ -9,7 +9,9 @@ job (exchange.py): a new slot comes back as a `Lease` whose `conn` is None.
 # STATES
 #   Connection record:  connecting  a slot is granted; the holder is opening the socket
 #                       active      held by exactly one request (one Lease)
-#                       idle        in the pool, reusable until its expires_at
+#                       idle        in the pool, reusable until its expires_at; one of the
+#                                   max_keepalive kept at rest, or surplus until it has
+#                                   gone unused for surplus_idle seconds
 #                       closed      gone for good; in no container
 #   Waiter:             queued      in the FIFO, waiting for a connection
 #                       served      given a Lease (never taken back)
@@ -17,7 +19,10 @@ job (exchange.py): a new slot comes back as a `Lease` whose `conn` is None.
 #
 # INVARIANTS (after every event; check_invariants() asserts them all)
 #   I1  open = connecting + active + idle <= max_connections.
-#   I2  idle <= max_keepalive, and no idle record is past its expires_at at the last `now`.
+#   I2  No idle record is past its expires_at at the last `now`. The idle records stand in
+#       the order they became idle, and while idle > max_keepalive the oldest of them has
+#       been idle less than surplus_idle (all of them when max_keepalive is 0: keep-alive
+#       off, nothing kept past its release).
 #   I3  Each record sits in exactly one container, the one its state names; a connecting or
 #       active record has exactly one live Lease, an idle one none. So an HTTP/1.1
 #       connection is never promised to two requests, and never closed while promised.
@@ -38,11 +43,15 @@ job (exchange.py): a new slot comes back as a `Lease` whose `conn` is None.
 #                   dead connection replaced without queueing again). No pass.
 #   close_expired   the pass.    close_idle: idle -> closed (all, or one origin's), the pass.
 #   close           idle -> closed, queued -> gone; later acquires raise RuntimeError.
-#   The pass: expired idle -> closed (heap top only); surplus idle -> closed, oldest first;
-#   then the head waiter, while it can be served, gets the newest idle connection to its
+#   The pass: expired idle -> closed (heap top only); while idle > max_keepalive, the oldest
+#   idle record, if unused for surplus_idle seconds, -> closed (shed); then the head
+#   waiter, while it can be served, gets the newest idle connection to its
 #   origin, else a new slot if open < max_connections, else the oldest idle connection
 #   (of another origin) is closed and it gets a new slot. It stops at the first head it
-#   cannot serve, so it costs O(1) plus what it expires, evicts and serves.
+#   cannot serve, so it costs O(1) plus what it expires, sheds, evicts and serves.
+#   A steady load therefore keeps the connections it keeps using, however many more than
+#   max_keepalive, and a burst that has passed gives its surplus back within surplus_idle
+#   (HAProxy purges idle server connections the same way, gradually, not on release).
 
 from __future__ import annotations
 
@@ -63,7 +72,7 @@ logger = logging.getLogger(__name__)
 
 ConnState = Literal["connecting", "active", "idle", "closed"]
 WaiterState = Literal["queued", "served", "gone"]
-DecisionKind = Literal["reuse", "create", "expire", "evict", "handoff", "timeout", "close"]
+DecisionKind = Literal["reuse", "create", "expire", "shed", "evict", "handoff", "timeout", "close"]
 
 
 class Connection(Protocol):
@@ -107,14 +116,21 @@ class PoolTimeout(Exception):
 @dataclass(frozen=True)
 class Limits:
     """Per-process limits, all origins together (HTTP_MAX_CONNECTIONS,
-    HTTP_MAX_KEEPALIVE_CONNECTIONS, HTTP_KEEPALIVE_EXPIRY)."""
+    HTTP_MAX_KEEPALIVE_CONNECTIONS, HTTP_KEEPALIVE_EXPIRY). ``max_keepalive`` idle
+    connections are kept at rest; more stay idle only until unused for ``surplus_idle``."""
 
     max_connections: int
     max_keepalive: int
     keepalive_expiry: float
+    surplus_idle: float = 5.0
 
     def __post_init__(self) -> None:
-        for name, least in (("max_connections", 1), ("max_keepalive", 0), ("keepalive_expiry", 0)):
+        for name, least in (
+            ("max_connections", 1),
+            ("max_keepalive", 0),
+            ("keepalive_expiry", 0),
+            ("surplus_idle", 0),
+        ):
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
 
@@ -141,11 +157,14 @@ class Decision(NamedTuple):
 @dataclass
 class Counters:
     """Totals since start. `closed` counts every connection the pool closed, whatever the
-    reason; `expired` and `evicted` are parts of it. `retries`/`errors` come from callers."""
+    reason; `expired` (past their expiry), `shed` (surplus idle, unused for surplus_idle)
+    and `evicted` (closed to make room for another origin) are parts of it.
+    `retries`/`errors` come from callers."""
 
     created: int = 0
     reused: int = 0
     expired: int = 0
+    shed: int = 0
     evicted: int = 0
     closed: int = 0
     pool_timeouts: int = 0
@@ -168,6 +187,7 @@ class _Record(Generic[C]):
     uses: int = 0
     lent_at: float = 0.0  # while connecting or active: when its current holder got it
     expires_at: float = 0.0  # while idle
+    idle_since: float = 0.0  # while idle: when it came back
     seq: int = -1  # while idle: the key of its live expiry-heap entry
 
 
@@ -227,7 +247,7 @@ class PoolState(Generic[C]):
         self.steps = 0
         self._connecting: dict[_Record[C], None] = {}
         self._active: dict[_Record[C], None] = {}
-        self._idle: OrderedDict[_Record[C], None] = OrderedDict()  # oldest first
+        self._idle: OrderedDict[_Record[C], None] = OrderedDict()  # longest idle first
         self._idle_by_origin: dict[Origin, OrderedDict[_Record[C], None]] = {}  # newest last
         self._by_origin: dict[Origin, dict[ConnState, int]] = {}
         self._queue: OrderedDict[Waiter[C], None] = OrderedDict()  # arrival order
@@ -333,7 +353,7 @@ class PoolState(Generic[C]):
             tr.decisions.append(Decision("handoff", rec.origin, self.counts()))
         else:
             # If the head wants another origin, the pass evicts this one to make it room.
-            self._make_idle(rec, max(now, self._now) + ttl)
+            self._make_idle(rec, max(now, self._now), ttl)
         self._pass(now, tr)
         return tr
 
@@ -415,10 +435,18 @@ class PoolState(Generic[C]):
             if rec.state == "idle" and rec.seq == seq:  # else a stale entry: skip it
                 self.counters.expired += 1
                 self._close(rec, "expire", tr)
-        while len(self._idle) > self.limits.max_keepalive:
-            self.steps += 1
-            self.counters.evicted += 1
-            self._close(next(iter(self._idle)), "evict", tr)
+        idle = self._idle
+        keep = self.limits.max_keepalive
+        if len(idle) > keep:
+            # Surplus: shed the longest idle while it has gone unused for the window.
+            cutoff = now - (self.limits.surplus_idle if keep else 0.0)
+            while len(idle) > keep:
+                rec = next(iter(idle))
+                if rec.idle_since > cutoff:
+                    break
+                self.steps += 1
+                self.counters.shed += 1
+                self._close(rec, "shed", tr)
         while self._queue:
             self.steps += 1
             head = next(iter(self._queue))
@@ -471,8 +499,9 @@ class PoolState(Generic[C]):
             raise RuntimeError(f"{lease!r} was already released")
         return rec
 
-    def _make_idle(self, rec: _Record[C], expires_at: float) -> None:
-        rec.expires_at = expires_at
+    def _make_idle(self, rec: _Record[C], now: float, ttl: float) -> None:
+        rec.idle_since = now
+        rec.expires_at = expires_at = now + ttl
         rec.seq = next(self._seq)
         self._move(rec, "idle")
         heapq.heappush(self._expiry, (expires_at, rec.seq, rec))
@@ -557,7 +586,11 @@ class PoolState(Generic[C]):
 
         lim = self.limits
         check(self.open <= lim.max_connections, "I1 more connections open than the limit")
-        check(len(self._idle) <= lim.max_keepalive, "I2 more idle than max_keepalive")
+        since = [rec.idle_since for rec in self._idle]
+        check(since == sorted(since), "I2 idle records out of the order they came back")
+        if len(self._idle) > lim.max_keepalive:
+            window = lim.surplus_idle if lim.max_keepalive else 0.0
+            check(since[0] > self._now - window, "I2 surplus idle past its window kept")
         where: dict[_Record[C], ConnState] = {}
         recount: dict[Origin, dict[ConnState, int]] = {}
         for state, container in self._containers.items():
@@ -695,9 +728,9 @@ class Pool(Generic[C]):
         self.release(lease, reusable=False)
 
     def close_expired(self) -> int:
-        """Close idle connections past their expiry now (the health thread); how many."""
-        tr = self._run(self._state.close_expired)
-        return sum(d.kind == "expire" for d in tr.decisions)
+        """Run the pass now (the health thread, each second): close idle connections past
+        their expiry and shed surplus ones unused for their window; how many."""
+        return len(self._run(self._state.close_expired).close)
 
     def close_idle(self, origin: Origin | None = None) -> int:
         """Close all idle connections, or those to one failing origin; how many."""
@@ -785,7 +818,8 @@ _MESSAGES: dict[str, str] = {
     "reuse": "reusing idle connection to %s" + _COUNTS,
     "create": "creating new connection to %s" + _COUNTS,
     "expire": "expired idle connection to %s" + _COUNTS,
-    "evict": "evicting surplus idle connection to %s" + _COUNTS,
+    "shed": "shedding surplus idle connection to %s, unused for its window" + _COUNTS,
+    "evict": "evicting idle connection to %s" + _COUNTS,
     "handoff": "handing off connection to %s to a queued request" + _COUNTS,
     "close": "closing connection to %s" + _COUNTS,
 }

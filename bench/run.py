@@ -53,7 +53,7 @@ from measure import big_response_growth, check_wrk_absolute_form, measure
 from processes import Processes
 from profiling import run_profile
 from provision import ensure_system_tools, ensure_venv
-from proxies import MEMORY, OURS, PROXIES, QUEUE, TABLE
+from proxies import KEEPALIVE_CELLS, MEMORY, OURS, PROXIES, QUEUE, TABLE
 from report import (
     machine,
     medians,
@@ -185,7 +185,11 @@ def _measure_cells(
             for proxy in order:
                 inst = bench.inst[(proxy, cell.upstream)]
                 abs_url = f"{bench.upstream_url('http')}{cell.path}" if cell.forward else None
-                if rep == 0 and args.warmup > 0:
+                # Churn is a goal about a steady load, and between two runs of one proxy the
+                # others run for longer than the pool's surplus window: in those cells every
+                # repetition warms every proxy, so each run starts from what its load keeps.
+                warm = rep == 0 or cell.name in KEEPALIVE_CELLS
+                if warm and args.warmup > 0:
                     measure(bench, inst, cell.path, cell.conns, args.warmup, abs_url=abs_url)
                 m = measure(bench, inst, cell.path, cell.conns, args.duration, abs_url=abs_url)
                 m.update(cell=cell.name, proxy=proxy, rep=rep)
@@ -292,7 +296,10 @@ def main() -> int:
     ap.add_argument("--reps", type=int, help="repetitions (default 3; quick 1)")
     ap.add_argument("--duration", type=int, help="seconds per measured run (default 3; quick 1)")
     ap.add_argument(
-        "--warmup", type=int, help="seconds of warm-up per proxy and cell in the first repetition"
+        "--warmup",
+        type=int,
+        help="seconds of warm-up per proxy and cell in the first repetition (in every one in"
+        " the cells where connection churn is a goal)",
     )
     ap.add_argument(
         "--queue-duration",

@@ -120,6 +120,12 @@ class UpstreamProtocolError(UpstreamError):
     kind = "upstream-error"
 
 
+class UpstreamAborted(UpstreamProtocolError):
+    """The upstream's response broke off after it had started reaching the client."""
+
+    kind = "upstream-aborted"
+
+
 class StaleConnection(UpstreamProtocolError):
     """A reused idle connection was closed by the upstream before any response byte.
 

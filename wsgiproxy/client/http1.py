@@ -39,11 +39,6 @@ _MAX_LINE = 65536
 _MAX_HEADERS = 100
 
 
-def is_token(text: str) -> bool:
-    """True for an HTTP token (a method, a header name)."""
-    return _METHOD.fullmatch(text) is not None
-
-
 def request_head(method: str, target: str, headers: dict[str, str], chunked: bool) -> bytes:
     """The request line and header block, encoded once (also for a replay).
 

@@ -21,7 +21,16 @@ from ..buffers import BLOCK
 from ..client.body import RequestBody
 from ..client.exchange import Exchange, Outgoing, UpstreamClient
 from ..client.http1 import request_framing, response_framing_error
-from ..errors import SENT, ProxyError, StaleConnection, UpstreamProtocolError
+from ..errors import (
+    RESPONDING,
+    SENT,
+    ProxyError,
+    StaleConnection,
+    UpstreamAborted,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
 from ..metrics import Metrics
 from ..settings import RequestSettings
 from ..upstreams.server import Server
@@ -219,19 +228,18 @@ class ResponseBody:
             if not data and response.incomplete:
                 raise http.client.IncompleteRead(b"", response.length)
         except (http.client.HTTPException, OSError, ValueError) as exc:
-            timed_out = isinstance(exc, TimeoutError)
-            self._error = "upstream-timeout" if timed_out else "upstream-aborted"
+            failure = self._failure(exc)
+            self._error = failure.kind
             log.warning(
-                "%s %s: upstream %s response %s mid-body: %s; aborting the client's response",
+                "%s %s: %s; aborting the client's response",
                 self._method,
                 self._raw[:200],
-                format_origin(self._exchange.origin),
-                "timed out" if timed_out else "broke off",
-                " ".join(str(exc).split())[:200],
+                failure.message,
             )
             self._forwarder.client.pool.note_error()
             self.close()
-            raise ConnectionResetError(errno.ECONNRESET, "upstream response broke off") from exc
+            # gunicorn and werkzeug drop the client socket on this, without a last chunk.
+            raise ConnectionResetError(errno.ECONNRESET, "upstream response broke off") from failure
         if not data:
             self._complete = True
             self._give_back()
@@ -242,6 +250,17 @@ class ResponseBody:
             self._complete = True
             self._give_back()
         return bytes(data)
+
+    def _failure(self, exc: BaseException) -> UpstreamError:
+        """What broke mid-body, as the typed error of a response already started."""
+        where = format_origin(self._exchange.origin)
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            message = f"upstream {where} response timed out mid-body: {detail}"
+            return UpstreamTimeout(message, stage=RESPONDING)
+        return UpstreamAborted(
+            f"upstream {where} response broke off mid-body: {detail}", stage=RESPONDING
+        )
 
     def _give_back(self) -> None:
         """Return (or close) the upstream connection, once."""

@@ -6,12 +6,13 @@ import dataclasses
 import os
 from ipaddress import ip_network
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.processes import run_python
-from wsgiproxy.settings import ConfigError, Settings, load_settings
-from wsgiproxy.values import HostPatterns, Route, UpstreamURL
+from wsgiproxy.settings import BalancingSettings, ConfigError, Settings, load_settings
+from wsgiproxy.values import HostPatterns, Route, ServerSpec, UpstreamURL
 
 URL_HINT = "must be an http:// or https:// URL with a host, like http://10.0.0.5:8000"
 
@@ -70,6 +71,14 @@ def test_defaults_from_empty_environment() -> None:
     assert s.health.path is None
     assert s.tls.verify is True
     assert s.tls.ca_bundle is None
+    assert s.balancing == BalancingSettings(
+        balance="round_robin",
+        fail_statuses=frozenset(),
+        max_fails=1,
+        fail_timeout=10.0,
+        max_ejection=300.0,
+        next_upstream_tries=3,
+    )
 
 
 def test_settings_are_frozen() -> None:
@@ -94,6 +103,12 @@ def test_settings_are_frozen() -> None:
         ("HTTP_POOL_TIMEOUT", "timeouts.pool", 5.0),
         ("HTTP_HEALTH_PATH", "health.path", None),
         ("HTTP_CA_BUNDLE", "tls.ca_bundle", None),
+        ("PROXY_BALANCE", "balancing.balance", "round_robin"),
+        ("PROXY_FAIL_STATUSES", "balancing.fail_statuses", frozenset()),
+        ("PROXY_MAX_FAILS", "balancing.max_fails", 1),
+        ("PROXY_FAIL_TIMEOUT", "balancing.fail_timeout", 10.0),
+        ("PROXY_MAX_EJECTION", "balancing.max_ejection", 300.0),
+        ("PROXY_NEXT_UPSTREAM_TRIES", "balancing.next_upstream_tries", 3),
     ],
 )
 @pytest.mark.parametrize("empty", ["", "  "])
@@ -160,6 +175,23 @@ def test_empty_access_log_turns_it_off() -> None:
         ("HTTP_HEALTH_INTERVAL", "15", "health.interval", 15.0),
         ("HTTP_HEALTH_PATH", "/healthz", "health.path", "/healthz"),
         ("HTTP_TLS_VERIFY", "no", "tls.verify", False),
+        ("PROXY_BALANCE", "least_conn", "balancing.balance", "least_conn"),
+        ("PROXY_BALANCE", "Round_Robin", "balancing.balance", "round_robin"),
+        (
+            "PROXY_FAIL_STATUSES",
+            "502, 503,504,503",
+            "balancing.fail_statuses",
+            frozenset({502, 503, 504}),
+        ),
+        ("PROXY_FAIL_STATUSES", "500,599", "balancing.fail_statuses", frozenset({500, 599})),
+        ("PROXY_MAX_FAILS", "0", "balancing.max_fails", 0),
+        ("PROXY_MAX_FAILS", "1000", "balancing.max_fails", 1000),
+        ("PROXY_FAIL_TIMEOUT", "2.5", "balancing.fail_timeout", 2.5),
+        ("PROXY_FAIL_TIMEOUT", "300", "balancing.fail_timeout", 300.0),
+        ("PROXY_MAX_EJECTION", "10", "balancing.max_ejection", 10.0),
+        ("PROXY_MAX_EJECTION", "3600", "balancing.max_ejection", 3600.0),
+        ("PROXY_NEXT_UPSTREAM_TRIES", "1", "balancing.next_upstream_tries", 1),
+        ("PROXY_NEXT_UPSTREAM_TRIES", "10", "balancing.next_upstream_tries", 10),
     ],
 )
 def test_good_value(name: str, value: str, attr: str, expected: object) -> None:
@@ -170,7 +202,8 @@ def test_good_value(name: str, value: str, attr: str, expected: object) -> None:
 def test_upstream_is_parsed() -> None:
     """PROXY_UPSTREAM would send requests to the wrong host, port or base path."""
     u = settings(PROXY_UPSTREAM="http://10.0.0.5:8000/base/").requests.upstream
-    assert u == UpstreamURL("http", "10.0.0.5", 8000, "/base", "http://10.0.0.5:8000/base/")
+    url = UpstreamURL("http", "10.0.0.5", 8000, "/base", "http://10.0.0.5:8000/base/")
+    assert u == (ServerSpec(url),)
 
 
 def test_readable_files_are_accepted(tmp_path: Path) -> None:
@@ -225,6 +258,12 @@ PORTS = "must be a comma-separated list of ports from 1 to 65535, like 443,8443 
 ADMIN = "must be a path starting with '/', other than '/' itself, like /_proxy"
 BIND = "must be HOST:PORT, [IPv6]:PORT, unix:/PATH or fd://N, like 127.0.0.1:8080"
 FILE = "must be the path of an existing readable file"
+NOT_4XX = (
+    "must list 5xx statuses only: a 4xx is the client's error and never counts"
+    " as a server failure (bad: {})"
+)
+STATUSES = "must be a comma-separated list of statuses from 500 to 599, like 502,503,504 (bad: {})"
+MAX_FAILS = "must be a whole number from 0 to 1000 (0: never eject)"
 
 
 @pytest.mark.parametrize(
@@ -253,9 +292,10 @@ FILE = "must be the path of an existing readable file"
         ("PROXY_ALLOW_PRIVATE", "y", FLAG),
         ("HTTP_POOL_ENABLED", "on", FLAG),
         ("HTTP_TLS_VERIFY", "off", FLAG),
-        ("PROXY_UPSTREAM", "10.0.0.5:8000", URL_HINT),
-        ("PROXY_UPSTREAM", "http://x:99999", PORT_HINT),
-        ("PROXY_ROUTES", "/api=ftp://x", f"route '/api': {URL_HINT}"),
+        ("PROXY_UPSTREAM", "10.0.0.5:8000", f"{URL_HINT} (bad token '10.0.0.5:8000')"),
+        ("PROXY_UPSTREAM", "http://x:99999", f"{PORT_HINT} (bad token 'http://x:99999')"),
+        ("PROXY_ROUTES", "/api=ftp://x", f"route '/api': {URL_HINT} (bad token 'ftp://x')"),
+        ("PROXY_ROUTES", "/api=", f"route '/api': {URL_HINT}"),
         ("PROXY_ROUTES", "api=http://x", f"route 'api': {PREFIX_HINT}"),
         (
             "PROXY_ROUTES",
@@ -284,6 +324,27 @@ FILE = "must be the path of an existing readable file"
         ("PROXY_BIND", "unix:", BIND),
         ("PROXY_AUTH_FILE", "/nonexistent/htpasswd", FILE),
         ("HTTP_CA_BUNDLE", "/nonexistent/ca.pem", FILE),
+        ("PROXY_BALANCE", "random", "must be one of round_robin, least_conn"),
+        ("PROXY_BALANCE", "least-conn", "must be one of round_robin, least_conn"),
+        ("PROXY_FAIL_STATUSES", "404", NOT_4XX.format("'404'")),
+        ("PROXY_FAIL_STATUSES", "502,429", NOT_4XX.format("'429'")),
+        ("PROXY_FAIL_STATUSES", "200", STATUSES.format("'200'")),
+        ("PROXY_FAIL_STATUSES", "302", STATUSES.format("'302'")),
+        ("PROXY_FAIL_STATUSES", "600", STATUSES.format("'600'")),
+        ("PROXY_FAIL_STATUSES", "5xx", STATUSES.format("'5xx'")),
+        ("PROXY_FAIL_STATUSES", "0502", STATUSES.format("'0502'")),
+        ("PROXY_FAIL_STATUSES", "502 503", STATUSES.format("'502 503'")),
+        ("PROXY_FAIL_STATUSES", "502,", STATUSES.format("''")),
+        ("PROXY_MAX_FAILS", "-1", MAX_FAILS),
+        ("PROXY_MAX_FAILS", "1001", MAX_FAILS),
+        ("PROXY_MAX_FAILS", "1.5", MAX_FAILS),
+        ("PROXY_FAIL_TIMEOUT", "0", SECONDS_GT0),
+        ("PROXY_FAIL_TIMEOUT", "10s", SECONDS_GT0),
+        ("PROXY_FAIL_TIMEOUT", "inf", SECONDS_GT0),
+        ("PROXY_MAX_EJECTION", "-300", SECONDS_GT0),
+        ("PROXY_MAX_EJECTION", "nan", SECONDS_GT0),
+        ("PROXY_NEXT_UPSTREAM_TRIES", "0", INT_GT0),
+        ("PROXY_NEXT_UPSTREAM_TRIES", "all", INT_GT0),
     ],
 )
 def test_bad_value_gives_one_line(name: str, value: str, message: str) -> None:
@@ -335,7 +396,8 @@ def test_several_bad_routes_share_one_line() -> None:
     """Each bad route would need its own restart to discover."""
     [line] = problems(PROXY_ROUTES="/a=ftp://x,b=http://y")
     assert line == (
-        f"PROXY_ROUTES='/a=ftp://x,b=http://y': route '/a': {URL_HINT}; route 'b': {PREFIX_HINT}"
+        f"PROXY_ROUTES='/a=ftp://x,b=http://y': route '/a': {URL_HINT} (bad token 'ftp://x');"
+        f" route 'b': {PREFIX_HINT}"
     )
 
 
@@ -399,7 +461,217 @@ def test_routes_are_stored_longest_prefix_first() -> None:
     """A short prefix listed first would capture paths meant for a longer one."""
     s = settings(PROXY_ROUTES="/=http://root, /api=http://api,/api/v2/=http://v2")
     assert [r.prefix for r in s.requests.routes] == ["/api/v2", "/api", "/"]
-    assert s.requests.routes[0] == Route("/api/v2", UpstreamURL.parse("http://v2"))
+    assert s.requests.routes[0] == Route("/api/v2", (ServerSpec(UpstreamURL.parse("http://v2")),))
+
+
+# --- server groups: PROXY_UPSTREAM and each route's servers -----------------------------
+
+
+def spec(url: str, **options: Any) -> ServerSpec:
+    return ServerSpec(UpstreamURL.parse(url), **options)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("http://a:8000", (spec("http://a:8000"),)),
+        (
+            "http://10.0.0.5:8000 http://10.0.0.6:8000 weight=3 http://10.0.0.7:8000 backup",
+            (
+                spec("http://10.0.0.5:8000"),
+                spec("http://10.0.0.6:8000", weight=3),
+                spec("http://10.0.0.7:8000", backup=True),
+            ),
+        ),
+        (
+            "http://a weight=100 max_fails=0 fail_timeout=2.5"
+            " http://b down http://c max_fails=1000",
+            (
+                spec("http://a", weight=100, max_fails=0, fail_timeout=2.5),
+                spec("http://b", down=True),
+                spec("http://c", max_fails=1000),
+            ),
+        ),
+        ("http://a  \t weight=1\nhttp://b", (spec("http://a"), spec("http://b"))),
+        (
+            "http://a BACKUP Weight=2 http://b",
+            (spec("http://a", backup=True, weight=2), spec("http://b")),
+        ),
+        ("http://a fail_timeout=1e1", (spec("http://a", fail_timeout=10.0),)),
+        (
+            "http://[::1]:8000 http://[fd00::1]:8000 weight=2",
+            (spec("http://[::1]:8000"), spec("http://[fd00::1]:8000", weight=2)),
+        ),
+        (
+            "https://a/base https://b:8443/base/ backup",
+            (spec("https://a/base"), spec("https://b:8443/base/", backup=True)),
+        ),
+        # The same host on another port, or another host on the same port, is another server.
+        (
+            "http://a:8000 http://a:8001 http://b:8000",
+            tuple(spec(u) for u in ("http://a:8000", "http://a:8001", "http://b:8000")),
+        ),
+    ],
+)
+def test_upstream_group_is_parsed(text: str, expected: tuple[ServerSpec, ...]) -> None:
+    """A documented server list or option would be refused, or read into the wrong servers."""
+    assert settings(PROXY_UPSTREAM=text).requests.upstream == expected
+
+
+WEIGHT = "weight must be a whole number from 1 to 100"
+GROUP_MAX_FAILS = "max_fails must be a whole number from 0 to 1000"
+FAIL_TIMEOUT = "fail_timeout must be a number of seconds greater than 0"
+UNKNOWN = (
+    "unknown server option; after a URL give weight=N, max_fails=N, fail_timeout=S,"
+    " backup or down, or start the next server with http:// or https://"
+)
+NO_PRIMARY = "must have at least one server that is neither backup nor down"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("http://a weight=0", f"{WEIGHT} (bad token 'weight=0')"),
+        ("http://a weight=101", f"{WEIGHT} (bad token 'weight=101')"),
+        ("http://a weight=-1", f"{WEIGHT} (bad token 'weight=-1')"),
+        ("http://a weight=2.5", f"{WEIGHT} (bad token 'weight=2.5')"),
+        ("http://a weight=", f"{WEIGHT} (bad token 'weight=')"),
+        ("http://a weight", f"{WEIGHT} (bad token 'weight')"),
+        ("http://a weight=" + "9" * 30, f"{WEIGHT} (bad token 'weight={'9' * 30}')"),
+        ("http://a max_fails=1001", f"{GROUP_MAX_FAILS} (bad token 'max_fails=1001')"),
+        ("http://a max_fails=x", f"{GROUP_MAX_FAILS} (bad token 'max_fails=x')"),
+        ("http://a fail_timeout=0", f"{FAIL_TIMEOUT} (bad token 'fail_timeout=0')"),
+        ("http://a fail_timeout=10s", f"{FAIL_TIMEOUT} (bad token 'fail_timeout=10s')"),
+        ("http://a fail_timeout=nan", f"{FAIL_TIMEOUT} (bad token 'fail_timeout=nan')"),
+        ("http://a backup=1", "backup takes no value (bad token 'backup=1')"),
+        ("http://a down=yes", "down takes no value (bad token 'down=yes')"),
+        ("http://a wieght=2", f"{UNKNOWN} (bad token 'wieght=2')"),
+        ("http://a 10.0.0.6:8000", f"{UNKNOWN} (bad token '10.0.0.6:8000')"),
+        ("weight=2 http://a", f"{URL_HINT} (bad token 'weight=2')"),
+        ("http://a ftp://b", f"{URL_HINT} (bad token 'ftp://b')"),
+        ("http://a http://b:0", f"{PORT_HINT} (bad token 'http://b:0')"),
+        (
+            "http://a weight=2 weight=3",
+            "weight is given twice for one server (bad token 'weight=3')",
+        ),
+        ("http://a down down", "down is given twice for one server (bad token 'down')"),
+        (
+            "http://a backup down http://b",
+            "a server is either backup or down, not both (bad token 'down')",
+        ),
+        (
+            "http://a down backup http://b",
+            "a server is either backup or down, not both (bad token 'backup')",
+        ),
+        (
+            "http://a https://b",
+            "all servers of a group must share scheme and base path:"
+            " 'http://a' and 'https://b' differ",
+        ),
+        (
+            "http://a/v1 http://b/v2",
+            "all servers of a group must share scheme and base path:"
+            " 'http://a/v1' and 'http://b/v2' differ",
+        ),
+        ("http://a http://a", "a server is listed twice (bad token 'http://a')"),
+        ("http://a http://A:80/", "a server is listed twice (bad token 'http://A:80/')"),
+        (
+            "http://[::1] http://[0::1]:80",
+            "a server is listed twice (bad token 'http://[0::1]:80')",
+        ),
+        ("http://a down", NO_PRIMARY),
+        ("http://a backup", NO_PRIMARY),
+        ("http://a down http://b backup", NO_PRIMARY),
+        # Every bad token is named, not only the first.
+        (
+            "ftp://a weight=0 http://b bogus",
+            f"{URL_HINT} (bad token 'ftp://a'); {WEIGHT} (bad token 'weight=0');"
+            f" {UNKNOWN} (bad token 'bogus')",
+        ),
+    ],
+)
+def test_bad_upstream_group_gives_one_line(text: str, message: str) -> None:
+    """A bad server or option would start the proxy anyway, or stop it without naming the token."""
+    assert problems(PROXY_UPSTREAM=text) == [f"PROXY_UPSTREAM={text!r}: {message}"]
+
+
+def test_error_names_the_bad_token_exactly() -> None:
+    """The operator would have to guess which token of a server list is wrong."""
+    assert problems(PROXY_UPSTREAM="http://a weight=0") == [
+        "PROXY_UPSTREAM='http://a weight=0': weight must be a whole number from 1 to 100"
+        " (bad token 'weight=0')"
+    ]
+
+
+def test_routes_take_server_groups() -> None:
+    """A route with several servers or options would be refused or split at the wrong place."""
+    s = settings(PROXY_ROUTES="/api=http://a:8000 http://b:8000 weight=2,/static=http://c:8000")
+    assert s.requests.routes == (
+        Route("/static", (spec("http://c:8000"),)),
+        Route("/api", (spec("http://a:8000"), spec("http://b:8000", weight=2))),
+    )
+
+
+def test_bad_route_groups_name_route_and_token() -> None:
+    """A bad server in one route would not say which route, or hide the other routes' problems."""
+    value = "/api=http://a weight=0,/ok=http://b,/x=http://c down,/y=http://d http://e/p"
+    assert problems(PROXY_ROUTES=value) == [
+        f"PROXY_ROUTES={value!r}: route '/api': {WEIGHT} (bad token 'weight=0');"
+        f" route '/x': {NO_PRIMARY};"
+        " route '/y': all servers of a group must share scheme and base path:"
+        " 'http://d' and 'http://e/p' differ"
+    ]
+
+
+def test_server_options_fall_back_to_the_balancing_defaults() -> None:
+    """A server without its own max_fails or fail_timeout would not use PROXY_MAX_FAILS."""
+    s = settings(
+        PROXY_UPSTREAM="http://a max_fails=0 fail_timeout=2 http://b",
+        PROXY_MAX_FAILS="5",
+        PROXY_FAIL_TIMEOUT="30",
+    )
+    assert s.requests.upstream is not None
+    a, b = s.requests.upstream
+    assert (s.balancing.max_fails_for(a), s.balancing.fail_timeout_for(a)) == (0, 2.0)
+    assert (s.balancing.max_fails_for(b), s.balancing.fail_timeout_for(b)) == (5, 30.0)
+
+
+# --- first ejection within the ejection cap ---------------------------------------------
+
+
+def test_max_ejection_below_fail_timeout_is_refused() -> None:
+    """A cap below the first ejection would silently shorten every ejection."""
+    assert problems(PROXY_MAX_EJECTION="5") == [
+        "PROXY_MAX_EJECTION='5': must be at least PROXY_FAIL_TIMEOUT (10 seconds),"
+        " the length of a first ejection"
+    ]
+    assert problems(PROXY_FAIL_TIMEOUT="600") == [
+        "PROXY_FAIL_TIMEOUT='600': must be at most PROXY_MAX_EJECTION (300 seconds);"
+        " raise PROXY_MAX_EJECTION to allow longer ejections"
+    ]
+    s = settings(PROXY_FAIL_TIMEOUT="600", PROXY_MAX_EJECTION="600")
+    assert (s.balancing.fail_timeout, s.balancing.max_ejection) == (600.0, 600.0)
+
+
+def test_server_fail_timeout_above_max_ejection_is_refused() -> None:
+    """A server's own fail_timeout over the cap would be cut short without a word."""
+    assert problems(PROXY_UPSTREAM="http://a fail_timeout=301 http://b") == [
+        "PROXY_UPSTREAM='http://a fail_timeout=301 http://b': server 'http://a':"
+        " fail_timeout must be at most PROXY_MAX_EJECTION (300 seconds)"
+    ]
+    value = "/a=http://a fail_timeout=90,/b=http://b fail_timeout=20"
+    assert problems(PROXY_ROUTES=value, PROXY_MAX_EJECTION="60") == [
+        f"PROXY_ROUTES={value!r}: route '/a': server 'http://a':"
+        " fail_timeout must be at most PROXY_MAX_EJECTION (60 seconds)"
+    ]
+    ok = settings(PROXY_UPSTREAM="http://a fail_timeout=600", PROXY_MAX_EJECTION="600")
+    assert ok.requests.upstream == (spec("http://a", fail_timeout=600.0),)
+
+
+def test_bad_max_ejection_is_reported_once() -> None:
+    """A bad cap would also blame the fail timeouts measured against a stand-in default."""
+    env = {"PROXY_MAX_EJECTION": "x", "PROXY_UPSTREAM": "http://a fail_timeout=400"}
+    assert problems(**env) == [f"PROXY_MAX_EJECTION='x': {SECONDS_GT0}"]
 
 
 # --- HostPatterns -----------------------------------------------------------------------
@@ -528,6 +800,21 @@ def test_load_settings_reads_os_environ_in_a_real_process() -> None:
     assert proc.stdout == ""
     assert proc.stderr.splitlines() == [f"wsgiproxy: HTTP_POOL_TIMEOUT='-1': {SECONDS_GT0}"]
     assert "Traceback" not in proc.stderr
+
+
+def test_bad_server_group_stops_a_real_process_with_one_line() -> None:
+    """A bad server list would start the workers, or stop them with a traceback."""
+    proc = run_python(
+        "-c",
+        "from wsgiproxy.settings import load_settings; load_settings()",
+        env={"PROXY_UPSTREAM": "http://a weight=0 http://b"},
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "wsgiproxy: PROXY_UPSTREAM='http://a weight=0 http://b': weight must be a whole number"
+        " from 1 to 100 (bad token 'weight=0')"
+    ]
 
 
 def test_import_pulls_in_no_network_or_gevent_modules() -> None:

@@ -22,9 +22,10 @@ from typing import TypeVar
 
 from . import values
 from .addresses import Networks, in_networks
-from .values import HostPatterns, Route, UpstreamURL
+from .values import HostPatterns, Route, ServerSpec
 
 __all__ = [
+    "BalancingSettings",
     "ConfigError",
     "ForwardPolicy",
     "HealthSettings",
@@ -41,6 +42,7 @@ _T = TypeVar("_T")
 
 _WORKER_CLASSES = ("gevent", "gthread", "sync")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_BALANCERS = ("round_robin", "least_conn")
 
 
 class ConfigError(ValueError):
@@ -69,13 +71,42 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class RequestSettings:
-    """What the request side reads to place and accept one request."""
+    """What the request side reads to place and accept one request.
 
-    upstream: UpstreamURL | None
+    ``upstream`` is PROXY_UPSTREAM's group (None when unset); each route has its own.
+    """
+
+    upstream: tuple[ServerSpec, ...] | None
     routes: tuple[Route, ...]
     preserve_host: bool
     max_body: int
     admin_prefix: str
+
+
+@dataclass(frozen=True)
+class BalancingSettings:
+    """How a group shares requests out and sets failing servers aside (PROXY_BALANCE ...).
+
+    ``max_fails`` and ``fail_timeout`` are the defaults a server's own options override.
+    Guaranteed: ``fail_timeout`` and every server's own fail_timeout are at most
+    ``max_ejection``, so a first ejection lasts exactly fail_timeout and only the
+    doubling is capped. ``fail_statuses`` holds 5xx codes only: a 4xx never counts.
+    """
+
+    balance: str
+    fail_statuses: frozenset[int]
+    max_fails: int
+    fail_timeout: float
+    max_ejection: float
+    next_upstream_tries: int
+
+    def max_fails_for(self, server: ServerSpec) -> int:
+        """The server's own max_fails, else PROXY_MAX_FAILS; 0 means never ejected."""
+        return self.max_fails if server.max_fails is None else server.max_fails
+
+    def fail_timeout_for(self, server: ServerSpec) -> float:
+        """The server's own fail_timeout, else PROXY_FAIL_TIMEOUT."""
+        return self.fail_timeout if server.fail_timeout is None else server.fail_timeout
 
 
 @dataclass(frozen=True)
@@ -148,6 +179,7 @@ class Settings:
 
     server: ServerSettings
     requests: RequestSettings
+    balancing: BalancingSettings
     forward: ForwardPolicy
     pool: PoolSettings
     timeouts: Timeouts
@@ -177,12 +209,13 @@ class Settings:
                 access_log=environ.get("PROXY_ACCESS_LOG", "-").strip() or None,
             ),
             requests=RequestSettings(
-                upstream=env.optional("PROXY_UPSTREAM", values.url),
+                upstream=env.optional("PROXY_UPSTREAM", values.server_group),
                 routes=env.get("PROXY_ROUTES", values.routes, ()),
                 preserve_host=env.get("PROXY_PRESERVE_HOST", values.flag, False),
                 max_body=env.get("PROXY_MAX_BODY", values.non_negative_int, 0),
                 admin_prefix=env.get("PROXY_ADMIN_PREFIX", values.admin_prefix, "/_proxy"),
             ),
+            balancing=_balancing(env),
             forward=ForwardPolicy(
                 enabled=env.get("PROXY_FORWARD", values.flag, True),
                 allow_clients=env.get(
@@ -221,9 +254,63 @@ class Settings:
                 ca_bundle=env.optional("HTTP_CA_BUNDLE", values.readable_file),
             ),
         )
+        _check_fail_timeouts(env, settings)
         if env.problems:
             raise ConfigError(env.problems)
         return settings
+
+
+def _balancing(env: _Reader) -> BalancingSettings:
+    fail_timeout = env.get("PROXY_FAIL_TIMEOUT", values.positive_seconds, 10.0)
+    return BalancingSettings(
+        balance=env.get("PROXY_BALANCE", values.choice(_BALANCERS), "round_robin"),
+        fail_statuses=env.get("PROXY_FAIL_STATUSES", values.fail_statuses, frozenset()),
+        max_fails=env.get("PROXY_MAX_FAILS", values.max_fails, 1),
+        fail_timeout=fail_timeout,
+        max_ejection=env.get("PROXY_MAX_EJECTION", values.positive_seconds, 300.0),
+        next_upstream_tries=env.get("PROXY_NEXT_UPSTREAM_TRIES", values.positive_int, 3),
+    )
+
+
+def _check_fail_timeouts(env: _Reader, settings: Settings) -> None:
+    """Refuse an ejection cap below a first ejection, one line per variable at fault.
+
+    Ejections start at fail_timeout and double up to PROXY_MAX_EJECTION; a cap below
+    the start would quietly shorten every ejection, most likely a typo (minutes for
+    seconds). Skipped when either side is already reported bad, so a default stood in
+    for it never produces a second, misleading line.
+    """
+    if env.bad & {"PROXY_MAX_EJECTION", "PROXY_FAIL_TIMEOUT"}:
+        return
+    balancing = settings.balancing
+    cap = balancing.max_ejection
+    if balancing.fail_timeout > cap:
+        # Blame the variable the operator set: the cap if given, else the timeout.
+        if env.is_set("PROXY_MAX_EJECTION"):
+            env.report(
+                "PROXY_MAX_EJECTION",
+                f"must be at least PROXY_FAIL_TIMEOUT ({balancing.fail_timeout:g} seconds),"
+                " the length of a first ejection",
+            )
+        else:
+            env.report(
+                "PROXY_FAIL_TIMEOUT",
+                f"must be at most PROXY_MAX_EJECTION ({cap:g} seconds);"
+                " raise PROXY_MAX_EJECTION to allow longer ejections",
+            )
+    requests = settings.requests
+    groups = [("PROXY_UPSTREAM", "", requests.upstream or ())]
+    groups += [("PROXY_ROUTES", f"route {r.prefix!r}: ", r.servers) for r in requests.routes]
+    found: dict[str, list[str]] = {}
+    for name, where, servers in groups:
+        for server in servers:
+            if server.fail_timeout is not None and server.fail_timeout > cap:
+                found.setdefault(name, []).append(
+                    f"{where}server {server.url.url!r}: fail_timeout must be at most"
+                    f" PROXY_MAX_EJECTION ({cap:g} seconds)"
+                )
+    for name, lines in found.items():
+        env.report(name, "; ".join(lines))
 
 
 class _Reader:
@@ -232,6 +319,16 @@ class _Reader:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
         self.problems: list[str] = []
+        self.bad: set[str] = set()  # names already reported, for checks across variables
+
+    def is_set(self, name: str) -> bool:
+        """True if ``name`` has a value other than blanks (blank counts as unset)."""
+        return bool(self.environ.get(name, "").strip())
+
+    def report(self, name: str, problem: str) -> None:
+        """Record ``NAME='value': problem`` for a variable that is set."""
+        self.problems.append(f"{name}={self.environ.get(name, '')!r}: {problem}")
+        self.bad.add(name)
 
     def optional(self, name: str, parse: Callable[[str], _T]) -> _T | None:
         """The parsed value, or None when unset, empty or bad (bad is recorded)."""
@@ -242,7 +339,7 @@ class _Reader:
         try:
             return parse(text)
         except ValueError as exc:
-            self.problems.append(f"{name}={raw!r}: {exc}")
+            self.report(name, str(exc))
             return None
 
     def get(self, name: str, parse: Callable[[str], _T], default: _T) -> _T:

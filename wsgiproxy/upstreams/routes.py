@@ -54,11 +54,12 @@ class Upstreams:
                 found = servers[key] = Server(url, pin(url.origin), probe_path)
             return found
 
+        # Each group's first server only, until balancing across a group arrives.
         # PROXY_UPSTREAM first, so its server is the first probed and reported.
-        fallback = Group("/", (server(requests.upstream),)) if requests.upstream else None
+        fallback = Group("/", (server(requests.upstream[0].url),)) if requests.upstream else None
         # Longest prefix first, so the first match is the one that wins.
         self.groups: tuple[Group, ...] = tuple(
-            Group(route.prefix, (server(route.upstream),)) for route in requests.routes
+            Group(route.prefix, (server(route.servers[0].url),)) for route in requests.routes
         )
         self.fallback = fallback
         self.servers: tuple[Server, ...] = tuple(servers.values())

@@ -11,12 +11,14 @@ thread. The pool and its threads are built when each worker imports the app, whi
 the gevent worker happens after ``monkey.patch_all()``: never set ``preload_app``.
 """
 
+import contextlib as _contextlib
 import glob as _glob
 import os as _os
 import shutil as _shutil
 import tempfile as _tempfile
 
 from wsgiproxy.settings import load_settings as _load_settings
+from wsgiproxy.upstreams import shared as _shared
 
 _settings = _load_settings()
 
@@ -34,6 +36,20 @@ else:
     _os.makedirs(_metrics_dir, exist_ok=True)
     for _stale in _glob.glob(_os.path.join(_metrics_dir, "*.db")):
         _os.remove(_stale)
+
+# -- Upstream state across workers -----------------------------------------------------
+# Ejections and requests in flight per upstream server are shared by every worker through
+# one small mapped file (wsgiproxy/upstreams/shared.py), made here, before any fork, and
+# handed down in the environment. Workers replaced later (max requests, a crash, a
+# reload) take a free slot of their own: room for four generations of workers.
+_state_fd, _state_file = _tempfile.mkstemp(prefix="wsgiproxy-upstreams-")
+_os.close(_state_fd)
+_shared.create(
+    _state_file,
+    servers=_settings.requests.server_count(),
+    slots=4 * _settings.server.workers + 4,
+)
+_os.environ[_shared.ENV] = _state_file
 
 # -- Server socket ---------------------------------------------------------------------
 bind = [_settings.server.bind]
@@ -65,10 +81,14 @@ loglevel = _settings.server.log_level
 accesslog = _settings.server.access_log
 errorlog = "-"
 # Adds, per request: time to the upstream's response head, time spent getting a pooled
-# connection (queueing plus connect), and whether that connection was new or reused.
+# connection (queueing plus connect), whether that connection was new or reused, and the
+# servers tried in order with the status each gave (a failed attempt: the status it
+# would have given).
 access_log_format = (
     '%(h)s "%(r)s" %(s)s %(b)s %(M)sms upstream=%({wsgiproxy.upstream_ms}e)sms '
-    'pool_wait=%({wsgiproxy.pool_wait_ms}e)sms conn=%({wsgiproxy.conn}e)s "%(a)s"'
+    "pool_wait=%({wsgiproxy.pool_wait_ms}e)sms conn=%({wsgiproxy.conn}e)s "
+    "upstream_addr=%({wsgiproxy.upstream_addr}e)s "
+    'upstream_status=%({wsgiproxy.upstream_status}e)s "%(a)s"'
 )
 
 
@@ -109,13 +129,17 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
-    """In the master: drop a dead worker's live gauges from the metric sums."""
+    """In the master: drop a dead worker's live gauges from the metric sums, and its
+    requests in flight from the upstream servers' counts (least_conn would avoid them)."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    _shared.forget(_state_file, worker.pid)
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]
-    """Remove the metrics directory this file made."""
+    """Remove the metrics directory and the upstream state file this file made."""
     if _own_metrics_dir and _metrics_dir:
         _shutil.rmtree(_metrics_dir, ignore_errors=True)
+    with _contextlib.suppress(OSError):
+        _os.remove(_state_file)

@@ -22,13 +22,14 @@ def pinned(origin: Origin) -> Any:
 
 
 def upstreams(**env: str) -> Upstreams:
-    return Upstreams(Settings.from_env(env).requests, pinned, None)
+    settings = Settings.from_env(env)
+    return Upstreams(settings.requests, settings.balancing, pinned, settings.health.path)
 
 
 def router(auth: ProxyAuth | None = None, **env: str) -> Router:
     settings = Settings.from_env(env)
     return Router(
-        Upstreams(settings.requests, pinned),
+        Upstreams(settings.requests, settings.balancing, pinned),
         ForwardGuard(settings.forward, auth),
         settings.requests.preserve_host,
     )
@@ -67,14 +68,14 @@ def test_longest_prefix_of_whole_segments_wins(path: str, host: str) -> None:
     """'/api' would swallow '/apiary', or a longer prefix would lose to a shorter one."""
     group = upstreams(**ROUTED).group_for(path)
     assert group is not None
-    assert group.pick().url.host == host
+    assert group.pick(0.0).url.host == host
 
 
 def test_root_route_takes_everything_before_the_fallback() -> None:
     """A '/' route would leave some paths unrouted (404) or lose to PROXY_UPSTREAM."""
     found = upstreams(PROXY_UPSTREAM="http://fallback", PROXY_ROUTES="/=http://root,/x=http://x")
     picked = [found.group_for(p) for p in ("/", "/a/b", "/x/1", "/xy")]
-    assert [g.pick().url.host if g else None for g in picked] == ["root", "root", "x", "root"]
+    assert [g.pick(0.0).url.host if g else None for g in picked] == ["root", "root", "x", "root"]
 
 
 def test_no_route_and_no_fallback_is_none() -> None:
@@ -83,23 +84,28 @@ def test_no_route_and_no_fallback_is_none() -> None:
     assert upstreams().group_for("/anything") is None
 
 
-def test_each_base_url_is_one_server_object_upstream_first() -> None:
-    """Health would probe a server twice, or routing and probes would see different
-    objects (a probe's result would never reach the server requests go to)."""
+def test_each_route_has_its_own_servers_and_a_base_url_is_probed_once() -> None:
+    """Health would probe a server twice, or one route's failures would eject a server
+    from another route (nginx's upstream blocks are apart too)."""
     found = upstreams(
         PROXY_UPSTREAM="http://a",
         PROXY_ROUTES="/x=http://b,/y=http://a:80/,/zz=http://b",
+        HTTP_HEALTH_PATH="/healthz",
     )
-    assert [(s.url.host, s.base_path) for s in found.servers] == [("a", ""), ("b", "")]
-    by_prefix = {g.prefix: g.pick() for g in found.groups}
-    assert by_prefix["/y"] is found.servers[0] is found.group_for("/nowhere").pick()  # type: ignore[union-attr]
-    assert by_prefix["/x"] is by_prefix["/zz"] is found.servers[1]
+    assert [(s.route, s.url.host) for s in found.servers] == [
+        ("/zz", "b"),
+        ("/x", "b"),
+        ("/y", "a"),
+        ("/", "a"),
+    ]
+    probed = [[(s.route, s.url.host) for s in same] for same in found.probe_groups()]
+    assert probed == [[("/zz", "b"), ("/x", "b")], [("/y", "a"), ("/", "a")]]
     assert found.servers[1].origin_pool == ("pool", ("http", "b", 80))
 
 
 def test_health_report_lists_every_route_with_its_servers() -> None:
     """An operator could not see which server a route sends to, or its figures."""
-    report = upstreams(**ROUTED).report()
+    report = upstreams(**ROUTED).report(0.0)
     assert list(report) == ["/api/v2", "/api", "/"]
     (server,) = report["/api/v2"]
     assert server["url"] == "http://v2/base"
@@ -109,13 +115,16 @@ def test_health_report_lists_every_route_with_its_servers() -> None:
 # --- reverse ----------------------------------------------------------------------------
 
 
-def test_reverse_target_is_base_path_plus_the_raw_target() -> None:
-    """The upstream would get a re-encoded path, lose the query, or miss its base path."""
+def test_reverse_target_is_the_raw_target_for_a_group() -> None:
+    """The upstream would get a re-encoded path or lose the query; each attempt puts the
+    picked server's base path before it (tests/test_upstreams.py, test_proxy.py)."""
     target = router(**ROUTED).resolve(environ(HTTP_HOST="proxy"), "/api/v2/a%2Fb?q=1&r=%20")
     assert target.origin == ("http", "v2", 80)
-    assert target.path == "/base/api/v2/a%2Fb?q=1&r=%20"
+    assert target.path == "/api/v2/a%2Fb?q=1&r=%20"
     assert target.host_header == "v2"
-    assert target.server is not None and target.server.url.host == "v2"
+    assert target.group is not None
+    server = target.group.pick(0.0)
+    assert server is not None and server.base_path + target.path == "/base" + target.path
     assert (target.address, target.peer_allowed) == (None, None)
 
 

@@ -80,7 +80,14 @@ def create_app(settings: Settings | None = None, *, start_health: bool = True) -
     client = UpstreamClient(
         settings.pool, settings.timeouts, settings.tls, on_decision=decisions.record
     )
-    upstreams = Upstreams(settings.requests, client.manager.pin, settings.health.path)
+    upstreams = Upstreams(
+        settings.requests,
+        settings.balancing,
+        client.manager.pin,
+        settings.health.path,
+        # A trial request of a server back from ejection holds its lease this long at most.
+        trial_lease=settings.timeouts.connect + settings.timeouts.read,
+    )
     metrics = Metrics()
     policy = settings.forward
     guard = ForwardGuard(
@@ -88,12 +95,12 @@ def create_app(settings: Settings | None = None, *, start_health: bool = True) -
     )
     router = Router(upstreams, guard, settings.requests.preserve_host)
     tunnels = Tunnels(policy, settings.timeouts, guard)
-    forwarder = Forwarder(settings.requests, client, metrics, router, tunnels)
+    forwarder = Forwarder(settings.requests, settings.balancing, client, metrics, router, tunnels)
     monitor = HealthMonitor(
         settings.health,
         settings.timeouts.connect,
         client,
-        upstreams.servers,
+        upstreams,
         metrics,
         tunnels.stats,
     )

@@ -9,9 +9,10 @@ upstream has dropped, and, with
 ``HTTP_HEALTH_PATH`` set, probe each upstream. A check that raises is logged and counted;
 the next check runs all the same.
 
-Status: ``ok``; ``degraded`` when a probe failed, or since the last check the pool timed
-out requests or failed to connect; ``unhealthy`` when a probe failed three times in a row,
-or no connection could be opened at all since the last check. A failing probe also closes
+Status: ``ok``; ``degraded`` while a server is ejected, when a probe failed, or since the
+last check the pool timed out requests or failed to connect; ``unhealthy`` while some
+route has no server up, when a probe failed three times in a row, or no connection could
+be opened at all since the last check. A failing probe also closes
 that origin's idle connections, so the next requests start on fresh ones.
 """
 
@@ -28,6 +29,7 @@ from .client.exchange import UpstreamClient
 from .client.transport import is_dropped, one_line
 from .metrics import Metrics
 from .settings import HealthSettings
+from .upstreams.routes import Upstreams
 from .upstreams.server import Server
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ class HealthMonitor:
         health: HealthSettings,
         connect_timeout: float,
         client: UpstreamClient,
-        servers: tuple[Server, ...],
+        upstreams: Upstreams,
         metrics: Metrics,
         tunnel_stats: Callable[[], dict[str, int]] | None = None,
     ) -> None:
@@ -61,8 +63,9 @@ class HealthMonitor:
         self.metrics = metrics
         self.interval = health.interval
         self.probe_timeout = min(5.0, connect_timeout, health.interval)
-        #: The servers the thread probes (all of them when HTTP_HEALTH_PATH is set).
-        self.probed = tuple(s for s in servers if s.probe_target is not None)
+        self.upstreams = upstreams
+        #: The servers the thread probes, by probe URL (all when HTTP_HEALTH_PATH is set).
+        self.probed = upstreams.probe_groups()
         self.last_check: float | None = None
         self.last_result = "not run yet"
         self.checks = 0
@@ -120,7 +123,11 @@ class HealthMonitor:
         self.last_result = f"{failed} step(s) failed" if failed else self.status()
 
     def refresh_metrics(self) -> None:
-        self.metrics.refresh(self.client.pool.stats(), self.tunnel_stats())
+        self.metrics.refresh(
+            self.client.pool.stats(),
+            self.tunnel_stats(),
+            self.upstreams.figures(time.monotonic()),
+        )
 
     def close_expired(self) -> None:
         """The pool's pass: expired idle connections closed, surplus idle ones shed."""
@@ -134,11 +141,15 @@ class HealthMonitor:
             log.info("health thread closed %d idle connection(s) the upstream dropped", closed)
 
     def probe_all(self) -> None:
-        for server in self.probed:
-            self._guarded(lambda s=server: self._probe(s))  # type: ignore[misc]
+        for servers in self.probed:
+            self._guarded(lambda s=servers: self._probe(s))  # type: ignore[misc]
 
-    def _probe(self, server: Server) -> None:
-        """GET the health path on a connection of its own (never a pooled one)."""
+    def _probe(self, servers: list[Server]) -> None:
+        """GET the health path on a connection of its own (never a pooled one).
+
+        A failed probe counts as a failure of each server at that URL; a passing probe
+        restores an ejected one at once."""
+        server = servers[0]
         assert server.probe_target is not None
         started = time.monotonic()
         status: int | None = None
@@ -151,7 +162,16 @@ class HealthMonitor:
                 error = f"answered {status}"
         except Exception as exc:
             error = one_line(exc)[:200]
-        server.probed(status, error, time.monotonic() - started)
+        latency = time.monotonic() - started
+        now = time.monotonic()
+        for each in servers:
+            each.probed(status, error, latency)
+            if error is None:
+                each.restore()
+            elif each.failed(now):
+                log.warning(
+                    "upstream %s of route %s ejected: its probe failed", each.url.url, each.route
+                )
         if error is None:
             return
         closed = self.client.pool.close_idle(server.origin)
@@ -180,10 +200,13 @@ class HealthMonitor:
 
     def status(self) -> str:
         """``ok``, ``degraded`` or ``unhealthy`` (see the module docstring)."""
-        probes = [server.probe for server in self.probed]
-        if self.unreachable or any(p.failures_in_a_row >= UNHEALTHY_AFTER for p in probes):
+        probes = [servers[0].probe for servers in self.probed]
+        dead, ejected = self.upstreams.trouble(time.monotonic())
+        if dead or self.unreachable:
             return "unhealthy"
-        if self.trouble or any(p.failures_in_a_row for p in probes):
+        if any(p.failures_in_a_row >= UNHEALTHY_AFTER for p in probes):
+            return "unhealthy"
+        if ejected or self.trouble or any(p.failures_in_a_row for p in probes):
             return "degraded"
         return "ok"
 
@@ -202,4 +225,4 @@ class HealthMonitor:
 
     def probe_report(self) -> list[dict[str, Any]]:
         """Each upstream probe's latest result."""
-        return [asdict(server.probe) for server in self.probed]
+        return [asdict(servers[0].probe) for servers in self.probed]

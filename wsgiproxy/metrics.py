@@ -126,7 +126,37 @@ class Metrics:
             ["direction"],
             registry=reg,
         )
+        self.upstream_requests = Counter(
+            "wsgiproxy_upstream_requests",
+            "Attempts sent to each upstream server, by the status each gave (a failed "
+            "attempt: the status it would have given).",
+            ["route", "server", "status_class"],
+            registry=reg,
+        )
+        self.upstream_up = Gauge(
+            "wsgiproxy_upstream_up",
+            "1 while an upstream server may take requests (not ejected, not down).",
+            ["route", "server"],
+            multiprocess_mode="livemax",
+            registry=reg,
+        )
+        self.upstream_ejections = Counter(
+            "wsgiproxy_upstream_ejections",
+            "Times an upstream server was ejected after failing.",
+            ["route", "server"],
+            registry=reg,
+        )
+        self.upstream_retries = Counter(
+            "wsgiproxy_upstream_retries",
+            "Requests sent on to another server, by what failed (an X-Proxy-Error kind, or "
+            "status for PROXY_FAIL_STATUSES); budget-spent: a retry the budget refused.",
+            ["reason"],
+            registry=reg,
+        )
         self._seen: dict[str, int] = dict.fromkeys(_POOL_COUNTERS, 0)
+        self._seen_ejections: dict[tuple[str, str], int] = {}
+        self._attempts: dict[tuple[str, str, str], int] = {}
+        self._retries: dict[str, int] = {}
         self._seen_tunnel = {"bytes_up": 0, "bytes_down": 0}
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
@@ -143,11 +173,28 @@ class Metrics:
         with self._lock:
             self._pool_wait.add(None, seconds)
 
+    def observe_attempt(self, route: str, server: str, status: int) -> None:
+        """One attempt of a request on an upstream server, and the status it gave."""
+        key = (route, server, status_class(status))
+        with self._lock:
+            self._attempts[key] = self._attempts.get(key, 0) + 1
+
+    def observe_retry(self, reason: str) -> None:
+        """A request sent on to another server (or refused that by the retry budget)."""
+        with self._lock:
+            self._retries[reason] = self._retries.get(reason, 0) + 1
+
     def publish(self) -> None:
         """Move this worker's request tallies into the Prometheus metrics."""
         with self._lock:
             requests = self._requests.take()
             pool_wait = self._pool_wait.take()
+            attempts, self._attempts = self._attempts, {}
+            retries, self._retries = self._retries, {}
+        for (route, server, label), count in attempts.items():
+            self.upstream_requests.labels(route, server, label).inc(count)
+        for reason, count in retries.items():
+            self.upstream_retries.labels(reason).inc(count)
         for (method, status), tally in requests.items():
             label = status_class(status)
             self.requests.labels(method if method in _METHODS else "other", label).inc(tally.count)
@@ -155,8 +202,14 @@ class Metrics:
         for tally in pool_wait.values():
             tally.publish(self.pool_wait)
 
-    def refresh(self, stats: dict[str, Any], tunnels: dict[str, int] | None = None) -> None:
-        """Publish the request tallies; bring pool and tunnel figures up to a snapshot.
+    def refresh(
+        self,
+        stats: dict[str, Any],
+        tunnels: dict[str, int] | None = None,
+        servers: list[tuple[str, str, bool, int]] | None = None,
+    ) -> None:
+        """Publish the request tallies; bring pool, tunnel and server figures up to a
+        snapshot (``servers``: route, server, up, ejections this worker made).
 
         Called by the health thread and by a scrape, which may overlap under threads:
         the deltas against what was seen are worked out under a lock, so none counts twice.
@@ -164,6 +217,12 @@ class Metrics:
         self.publish()
         with self._refresh_lock:
             self._refresh(stats, tunnels)
+            for route, server, up, ejections in servers or ():
+                self.upstream_up.labels(route, server).set(1 if up else 0)
+                seen = self._seen_ejections.get((route, server), 0)
+                if ejections > seen:
+                    self.upstream_ejections.labels(route, server).inc(ejections - seen)
+                    self._seen_ejections[(route, server)] = ejections
 
     def _refresh(self, stats: dict[str, Any], tunnels: dict[str, int] | None) -> None:
         if tunnels:

@@ -82,6 +82,10 @@ class RequestSettings:
     max_body: int
     admin_prefix: str
 
+    def server_count(self) -> int:
+        """Servers of every group: the rows of the table the workers share."""
+        return sum(len(route.servers) for route in self.routes) + len(self.upstream or ())
+
 
 @dataclass(frozen=True)
 class BalancingSettings:

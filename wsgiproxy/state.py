@@ -35,6 +35,7 @@ class ProxyState:
         self.monitor.stop()
         self.metrics.publish()
         self.client.close()
+        self.upstreams.close()
 
     def leaks(self) -> dict[str, Any]:
         """Connections held past their request: a lease is taken after its request

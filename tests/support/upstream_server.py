@@ -148,14 +148,19 @@ class UpstreamServer:
         *,
         ssl_context: ssl.SSLContext | None = None,
         idle_timeout: float | None = None,
+        port: int = 0,
     ) -> None:
         self.host = "127.0.0.1"
+        #: Seconds every request waits before its route runs (a slow server of a group).
+        self.delay = 0.0
+        #: When set, every request is answered with this status (a failing server).
+        self.status: int | None = None
         #: What `/health` answers; a test sets 500 to make the upstream fail its checks.
         self.health_status = 200
         #: `/raw/<name>` sends these bytes verbatim, then closes (resets if the name ends
         #: in "-reset"): malformed responses on demand.
         self.raw_responses: dict[str, bytes] = {}
-        self.port = 0
+        self.port = port
         self._ssl_context = ssl_context
         self._idle_timeout = idle_timeout
         self._cond = threading.Condition(threading.RLock())
@@ -184,7 +189,9 @@ class UpstreamServer:
             raise RuntimeError("already started")
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            listener.bind((self.host, 0))
+            # A server restarted on the port a stopped one used (a backend coming back).
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.host, self.port))
             listener.listen(128)
             listener.setblocking(False)
         except BaseException:
@@ -799,6 +806,10 @@ class UpstreamServer:
 
     def _dispatch(self, ctx: _Ctx) -> bool:
         path = ctx.path
+        if self.delay:
+            self._sleep(ctx, self.delay)
+        if self.status is not None and path != "/health":
+            return self._simple(ctx, self.status, b"as set\n")
         if ctx.conn.drop_next:
             # The keep-alive race, on demand: the connection was idle in the client's pool
             # and we close it just as a request arrives on it, without a response byte.

@@ -10,6 +10,7 @@ every worker.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -60,7 +61,7 @@ def admin_blueprint(state: ProxyState) -> Blueprint:
             pool_enabled=pool_enabled,
             pool=state.client.pool.stats(),
             client=state.client.stats(),
-            upstreams=state.upstreams.report(),
+            upstreams=state.upstreams.report(time.monotonic()),
             leaks=state.leaks(),
             tunnels=state.forwarder.tunnels.stats(),
             health_thread=monitor.report(),
@@ -78,7 +79,11 @@ def admin_blueprint(state: ProxyState) -> Blueprint:
     @admin.get("/metrics")
     def metrics() -> Response:
         """Prometheus text exposition, summed over all workers."""
-        state.metrics.refresh(state.client.pool.stats(), state.forwarder.tunnels.stats())
+        state.metrics.refresh(
+            state.client.pool.stats(),
+            state.forwarder.tunnels.stats(),
+            state.upstreams.figures(time.monotonic()),
+        )
         return Response(
             state.metrics.exposition(), mimetype=None, content_type=state.metrics.content_type
         )

@@ -32,17 +32,15 @@ from ..errors import (
     UpstreamTimeout,
 )
 from ..metrics import Metrics
-from ..settings import RequestSettings
+from ..settings import BalancingSettings, RequestSettings
 from ..upstreams.server import Server
+from .failover import IDEMPOTENT, Attempts, Failover
 from .headers import request_headers, response_head
 from .responses import StartResponse, plain_response
-from .routing import Router, raw_target
+from .routing import Router, Target, raw_target
 from .tunnel import Tunnels
 
 log = logging.getLogger(__name__)
-
-#: Methods whose replay cannot change the outcome (RFC 9110 9.2.2).
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class Forwarder:
@@ -57,12 +55,14 @@ class Forwarder:
     def __init__(
         self,
         requests: RequestSettings,
+        balancing: BalancingSettings,
         client: UpstreamClient,
         metrics: Metrics,
         router: Router,
         tunnels: Tunnels,
     ) -> None:
         self.max_body = requests.max_body
+        self.preserve_host = requests.preserve_host
         self.client = client
         self.metrics = metrics
         self.router = router
@@ -70,6 +70,9 @@ class Forwarder:
         self.cooperate = client.cooperate  # one decision per worker: gevent or threads
         #: Requests being answered: id(environ) -> start (time.monotonic()).
         self.in_flight: dict[int, float] = {}
+        self.failover = Failover(
+            balancing, client, metrics, self._exchange, lambda: len(self.in_flight)
+        )
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.monotonic()
@@ -78,6 +81,7 @@ class Forwarder:
         raw = raw_target(environ)
         self.in_flight[key] = started
         server: Server | None = None
+        exchange: Exchange | None = None
         try:
             if method == "CONNECT":
                 upstream = self.tunnels.open(environ, raw)
@@ -87,39 +91,35 @@ class Forwarder:
                     self.done(key, method, 200, started)
             target = self.router.resolve(environ, raw)
             body = self._request_body(environ)
-            server = target.server
-            request = self.client.prepare(
-                target.origin,
-                method,
-                target.path,
-                request_headers(environ, target.host_header),
-                body,
-                origin_pool=server.origin_pool if server is not None else None,
-                address=target.address,
-                peer_allowed=target.peer_allowed,
-            )
-            if server is not None:
-                server.started()
-            exchange = self._exchange(request)
+            headers = request_headers(environ, target.host_header)
+            if target.group is not None:
+                attempts = Attempts()
+                try:
+                    exchange = self.failover.send(
+                        target.group,
+                        method,
+                        raw,
+                        headers,
+                        body,
+                        self.preserve_host and "HTTP_HOST" in environ,
+                        attempts,
+                    )
+                finally:
+                    self._log_attempts(environ, attempts)
+                server = attempts.servers[-1]  # started; ResponseBody.close finishes it
+            else:
+                exchange = self._forward(target, method, headers, body)
             self.metrics.observe_pool_wait(exchange.pool_wait)
             environ["wsgiproxy.pool_wait_ms"] = f"{exchange.pool_wait * 1000:.1f}"
             environ["wsgiproxy.upstream_ms"] = (
                 f"{(time.monotonic() - started - exchange.pool_wait) * 1000:.1f}"
             )
             environ["wsgiproxy.conn"] = "reused" if exchange.reused else "new"
-            response = exchange.response
-            problem = response_framing_error(response.headers.index)
-            if problem is not None:
-                self.client.finish(exchange, complete=False)
-                raise UpstreamProtocolError(
-                    f"upstream {format_origin(request.origin)} {problem}", stage=SENT
-                )
-            status, response_headers = response_head(response)
+            status, response_headers = response_head(exchange.response)
         except ProxyError as exc:
             level = logging.WARNING if exc.status >= 500 else logging.INFO
             log.log(level, "%s %s -> %d: %s", method, raw[:200], exc.status, exc.message)
-            if server is not None:
-                server.finished(exc.kind)
+            self._abandon(exchange, server, exc.kind)
             self.done(key, method, exc.status, started, exc.kind)
             return plain_response(
                 start_response, exc.status, exc.message, kind=exc.kind, headers=exc.headers
@@ -127,12 +127,49 @@ class Forwarder:
         except BaseException:
             # Anything else (a closed pool at shutdown, GreenletExit): the request is over
             # all the same, and must not stay in the in-flight table as a phantom leak.
-            if server is not None:
-                server.finished("internal-error")
+            self._abandon(exchange, server, "internal-error")
             self.done(key, method, 500, started, "internal-error")
             raise
         start_response(status, response_headers)
         return ResponseBody(self, exchange, method, raw, key, started, server)
+
+    def _abandon(self, exchange: Exchange | None, server: Server | None, error: str) -> None:
+        """A request that failed after its exchange began: close it, end it on its server."""
+        if exchange is not None:
+            self.client.finish(exchange, complete=False)
+        if server is not None:
+            server.finished(error)
+
+    def _forward(
+        self, target: Target, method: str, headers: dict[str, str], body: RequestBody | None
+    ) -> Exchange:
+        """A forward-proxy request: one destination, no group to fail over to."""
+        request = self.client.prepare(
+            target.origin,
+            method,
+            target.path,
+            headers,
+            body,
+            address=target.address,
+            peer_allowed=target.peer_allowed,
+        )
+        exchange = self._exchange(request)
+        problem = response_framing_error(exchange.response.headers.index)
+        if problem is not None:
+            self.client.finish(exchange, complete=False)
+            raise UpstreamProtocolError(
+                f"upstream {format_origin(request.origin)} {problem}", stage=SENT
+            )
+        return exchange
+
+    def _log_attempts(self, environ: dict[str, Any], attempts: Attempts) -> None:
+        """The servers tried, for the access log, and their figures for the metrics."""
+        if not attempts.servers:
+            return
+        environ["wsgiproxy.upstream_addr"] = attempts.addresses()
+        environ["wsgiproxy.upstream_status"] = attempts.status_text()
+        for server, status in zip(attempts.servers, attempts.statuses, strict=False):
+            self.metrics.observe_attempt(server.route, server.address, status)
 
     def _exchange(self, request: Outgoing) -> Exchange:
         """Send the request; replay it once on a new connection when the reused one it

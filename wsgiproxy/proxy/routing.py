@@ -16,8 +16,7 @@ from urllib.parse import quote
 
 from ..addresses import DEFAULT_PORTS, Origin, format_authority, parse_port, split_host_port
 from ..errors import BadRequest, NoRoute
-from ..upstreams.routes import Upstreams
-from ..upstreams.server import Server
+from ..upstreams.routes import Group, Upstreams
 from .policy import ForwardGuard
 
 
@@ -25,16 +24,18 @@ from .policy import ForwardGuard
 class Target:
     """A resolved destination: ``origin`` to connect to, ``path`` for the request line.
 
-    ``server`` is the configured server a reverse request goes to (None when forward).
-    For forward proxying that needs an address check, ``address`` is the checked address
-    new connections go to (so DNS cannot answer differently at connect time), and
+    A reverse request has its ``group`` of servers (None when forward): the server, and
+    with it the origin and the Host, is picked per attempt, and ``path`` is then the raw
+    target to put after the server's base path. For forward proxying that needs an
+    address check, ``address`` is the checked address new connections go to (so DNS
+    cannot answer differently at connect time), and
     ``peer_allowed`` is the same check, applied to a reused connection's peer.
     """
 
     origin: Origin
     path: str
     host_header: str
-    server: Server | None = None
+    group: Group | None = None
     address: str | None = None
     peer_allowed: Callable[[str], bool] | None = None
 
@@ -108,11 +109,11 @@ class Router:
                 f"no upstream configured for {path[:200]}: set PROXY_UPSTREAM or PROXY_ROUTES"
                 " (or send an absolute URL to use the forward proxy)"
             )
-        server = group.pick()
-        host_header = server.host_header
+        first = group.servers[0]
+        host_header = first.host_header
         if self.preserve_host:
             host_header = environ.get("HTTP_HOST") or host_header
-        return Target(server.origin, server.base_path + raw, host_header, server)
+        return Target(first.origin, raw, host_header, group)
 
     def _forward(self, environ: dict[str, Any], raw: str) -> Target:
         scheme, _, rest = raw.partition("://")

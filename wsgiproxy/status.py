@@ -1,14 +1,16 @@
 """``python -m wsgiproxy status [URL]``: a terminal view of a running proxy.
 
 Reads ``/_proxy/health`` of the proxy at URL (``http://127.0.0.1:8080`` by default) and
-prints the answering worker's status, pool figures, probes and leaks; ``--watch``
-refreshes it every second. Each request is answered by one worker, so with several
-workers successive refreshes may show different pids: that is each worker's own pool.
+prints the answering worker's status, pool figures, each route's servers, probes and
+leaks; ``--watch`` refreshes it every second. Each request is answered by one worker, so
+with several workers successive refreshes may show different pids and figures: that is
+each worker's own pool and counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +19,11 @@ from typing import Any
 import requests
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+WIDTH = 100
+"""A server's line longer than this moves its ejections and last error to a line below."""
+EPOCH = 1e9
+"""An ``ejected_until`` above this is a wall-clock time, not seconds left: an ejection
+lasts at most PROXY_MAX_EJECTION seconds, and 1e9 seconds is 31 years."""
 
 
 def health_url(url: str, prefix: str) -> str:
@@ -43,8 +50,76 @@ def fetch(url: str, timeout: float = 5.0) -> dict[str, Any]:
     return data
 
 
-def render(health: dict[str, Any]) -> str:
-    """The health JSON as a few aligned lines of text."""
+def _seconds_left(ejected_until: Any, now: float) -> float | None:
+    """Seconds until an ejection ends, from ``ejected_until`` given either way."""
+    if isinstance(ejected_until, bool) or not isinstance(ejected_until, int | float):
+        return None
+    return ejected_until - now if ejected_until > EPOCH else float(ejected_until)
+
+
+def _server_extras(server: dict[str, Any], now: float) -> list[str]:
+    """What only some servers have to say: ejections so far, when the ejection ends, the
+    last error. Absent fields (a proxy from before ejections), zero ejections and an
+    ejection already over on a server no longer ejected say nothing."""
+    retry = ""
+    left = _seconds_left(server.get("ejected_until"), now)
+    if left is not None and left > 0:
+        seconds = math.ceil(left)
+        retry = (
+            f"retry in {seconds}s"
+            if seconds < 60
+            else f"retry in {seconds // 60}m{seconds % 60:02d}s"
+        )
+    elif left is not None and server.get("state") == "ejected":
+        retry = "retry due"  # the ejection is over: the next request it gets is the trial
+    extras = []
+    ejections = server.get("ejections")
+    if ejections:
+        extras.append(f"ejections {ejections}" + (f" ({retry})" if retry else ""))
+    elif retry:
+        extras.append(retry)
+    if server.get("last_error"):
+        extras.append(f"last error {server['last_error']}")
+    return extras
+
+
+def _routes(upstreams: dict[str, Any], now: float) -> list[str]:
+    """``upstreams`` as one line per server under a ``routes`` heading, servers in the
+    order given, every column aligned across all routes."""
+    rows: list[tuple[list[str], list[str]]] = []
+    for prefix, servers in upstreams.items():
+        if not servers:
+            rows.append(([prefix, "(no servers)"], []))
+        for index, server in enumerate(servers or []):
+            cells = [
+                prefix if index == 0 else "",
+                str(server.get("url", "?")),
+                str(server.get("state", "?")),
+                f"w{server.get('weight', '?')}",
+                f"in flight {server.get('in_flight', '?')}",
+                f"requests {server.get('requests', '?')}",
+                f"failures {server.get('failures', '?')}",
+            ]
+            rows.append((cells, _server_extras(server, now)))
+    widths = [max((len(c[i]) for c, _ in rows if len(c) > i), default=0) for i in range(7)]
+    lines = ["routes"]
+    for cells, extras in rows:
+        fixed = "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False))
+        line = "  ".join([fixed.rstrip(), *extras])
+        if len(line) > WIDTH:
+            # Under the state column: the URL stays readable, the extras below it.
+            lines += [fixed.rstrip(), " " * (6 + widths[0] + widths[1]) + "  ".join(extras)]
+        else:
+            lines.append(line)
+    return lines
+
+
+def render(health: dict[str, Any], now: float | None = None) -> str:
+    """The health JSON as a few aligned lines of text.
+
+    ``now`` (default: the clock) turns an ``ejected_until`` given as a wall-clock time
+    into seconds left; one given as seconds left does not need it.
+    """
     pool = health.get("pool", {})
     counters = pool.get("counters", {})
     lines = [
@@ -64,6 +139,9 @@ def render(health: dict[str, Any]) -> str:
                 f"  {origin:<{width}}  active {figures.get('active', 0)}  "
                 f"idle {figures.get('idle', 0)}  connecting {figures.get('connecting', 0)}"
             )
+    upstreams = health.get("upstreams")
+    if upstreams:
+        lines += _routes(upstreams, time.time() if now is None else now)
     for probe in health.get("probes", []):
         result = "ok" if probe.get("ok") else f"FAILED ({probe.get('error')})"
         if probe.get("ok") is None:

@@ -155,6 +155,9 @@ class UpstreamServer:
         self.delay = 0.0
         #: When set, every request is answered with this status (a failing server).
         self.status: int | None = None
+        #: "reset": every request is read, then its connection reset without an answer;
+        #: "hang": every request is read and never answered (a server gone silent).
+        self.misbehave: str | None = None
         #: What `/health` answers; a test sets 500 to make the upstream fail its checks.
         self.health_status = 200
         #: `/raw/<name>` sends these bytes verbatim, then closes (resets if the name ends
@@ -810,6 +813,10 @@ class UpstreamServer:
             self._sleep(ctx, self.delay)
         if self.status is not None and path != "/health":
             return self._simple(ctx, self.status, b"as set\n")
+        if self.misbehave == "reset" and path != "/health":
+            return self._route_reset(ctx)
+        if self.misbehave == "hang" and path != "/health":
+            return self._route_hang(ctx)
         if ctx.conn.drop_next:
             # The keep-alive race, on demand: the connection was idle in the client's pool
             # and we close it just as a request arrives on it, without a response byte.

@@ -111,7 +111,10 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
         and not args.failover
         and (only is None or "queue" in only or "flask-urllib3" in only)
     )
-    do_failover = args.failover or not (args.no_failover or args.quick)
+    # The full run ends with it; a focused run (--only, --cells) or --quick only when asked.
+    do_failover = args.failover or not (
+        args.no_failover or args.quick or only is not None or args.cells
+    )
     failover_proxies = [p for p in FAILOVER if want(p)]
     _set_up(bench, cells, want, do_queue, outdir, haproxy=do_failover)
 
@@ -295,7 +298,8 @@ def _write_results(
         )
         if chart.returncode != 0:
             print(f"bench: chart failed: {chart.stderr[-1500:]}", file=sys.stderr)
-    latest = RESULTS / ("latest-quick" if args.quick else "latest")
+    kind = "latest-failover" if args.failover else "latest-quick" if args.quick else "latest"
+    latest = RESULTS / kind
     if latest.is_symlink() or latest.exists():
         latest.unlink()
     latest.symlink_to(stamp)
@@ -352,7 +356,7 @@ def main() -> int:
     ap.add_argument(
         "--no-failover",
         action="store_true",
-        help="skip the failover scenario (--quick skips it unless --failover)",
+        help="skip the failover scenario (--quick, --only and --cells skip it unless --failover)",
     )
     ap.add_argument(
         "--budget",
@@ -399,7 +403,7 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     # Whatever happens, the run ends: past this the finally blocks stop everything.
-    hard_limit = int((args.budget + 8) * 60) if not args.profile else 600
+    hard_limit = int((args.budget + 10) * 60) if not args.profile else 600
     signal.signal(
         signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("bench: hard time limit"))
     )

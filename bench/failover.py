@@ -56,6 +56,8 @@ HEALTH_PATH = "/health"
 PATH = "/fo.bin"
 BUCKET = 0.25  # seconds
 CHECK_ALLOWANCE = 2  # SYNs per BUCKET that are a proxy's probes, not tries
+#: failover_load.py's statuses for a request that got no response
+ERROR_KINDS = {-1: "connect", -2: "closed", -3: "timeout", -4: "invalid"}
 
 
 # -- the servers ---------------------------------------------------------------------------
@@ -280,7 +282,8 @@ def analyse(
     statuses: dict[str, int] = {}
     for (_, _, s), good in zip(rows, ok, strict=True):
         if not good:
-            statuses[str(s) if s else "socket"] = statuses.get(str(s) if s else "socket", 0) + 1
+            kind = ERROR_KINDS.get(s, str(s))
+            statuses[kind] = statuses.get(kind, 0) + 1
     tried_s: float | None = None
     attempts = None
     if not syns.error:

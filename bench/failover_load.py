@@ -9,9 +9,9 @@ due, not from when it was sent: a request held up behind a stalled one on its
 connection counts the wait (no coordinated omission).
 
 An error is anything but a complete 2xx response within ``TIMEOUT`` seconds: a non-2xx
-status (kept as is), or a connection refused, reset or closed before the response's end,
-or the timeout (status 0). After an error the connection is closed and the next request
-opens a new one.
+status (kept as is), or no response (a negative status): a connection that could not be
+made, one reset or closed before the response's end, the timeout, or a response that is
+not HTTP. After an error the connection is closed and the next request opens a new one.
 
     python failover_load.py HOST PORT PATH RATE CONNS START_MONOTONIC SECONDS OUT.json
 
@@ -26,6 +26,9 @@ import sys
 import time
 
 TIMEOUT = 5.0
+#: the status recorded when no response came: the connection could not be made; it was
+#: reset or closed before the response's end; no response within TIMEOUT; not HTTP
+CONNECT, CLOSED, TIMEOUT_STATUS, INVALID = -1, -2, -3, -4
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
@@ -78,13 +81,14 @@ async def connection(
         wait = due - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        status = 0
+        status = CONNECT
         try:
             if writer is None:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(host, port), TIMEOUT
                 )
             assert reader is not None
+            status = CLOSED
             writer.write(request)
             status, close = await asyncio.wait_for(
                 read_response(reader), max(0.001, due + TIMEOUT - time.monotonic())
@@ -92,7 +96,13 @@ async def connection(
             if close:
                 writer.close()
                 reader = writer = None
-        except (OSError, EOFError, ValueError, IndexError, TimeoutError):
+        except Exception as exc:
+            if isinstance(exc, TimeoutError):  # before OSError: it is one
+                status = TIMEOUT_STATUS
+            elif isinstance(exc, ValueError | IndexError):
+                status = INVALID
+            elif not isinstance(exc, OSError | EOFError | asyncio.LimitOverrunError):
+                raise
             if writer is not None:
                 writer.close()
             reader = writer = None

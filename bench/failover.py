@@ -144,7 +144,8 @@ class SynCounter:
             ihl = (pkt[0] & 0x0F) * 4
             if len(pkt) >= ihl + 14:  # the filter may let a packet through before it is set
                 dport = struct.unpack("!H", pkt[ihl + 2 : ihl + 4])[0]
-                if dport == self.port and pkt[ihl + 13] & 0x12 == 0x02:
+                to_loopback = pkt[16:20] == b"\x7f\x00\x00\x01"
+                if dport == self.port and to_loopback and pkt[ihl + 13] & 0x12 == 0x02:
                     self.times.append(now)
 
     def stop(self) -> None:

@@ -218,6 +218,10 @@ def run_one(bench: Bench, proxy: str) -> dict[str, Any]:
             return {"not_measured": why}
         time.sleep(1.0)  # a round of health checks on the three
         return _measure(bench, proxy, port, servers, members)
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+        # one proxy's failed run is reported; the others still run
+        print(f"  failover {proxy:<10} not measured: {exc!r}", flush=True)
+        return {"not_measured": f"failed: {exc!r}"}
     finally:
         for p in [proc, *members]:
             with contextlib.suppress(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxies import FORWARD, KEEPALIVE_CELLS, REVERSE
+from proxies import FORWARD, GROUP, GROUP_CELL, KEEPALIVE_CELLS, REVERSE
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,8 @@ class Cell:
     def proxies(self) -> list[str]:
         if self.forward:
             return list(FORWARD)
+        if self.name == GROUP_CELL:
+            return list(GROUP)
         extra = ["bare"] if self.path == "/100b.bin" and self.upstream == "http" else []
         if self.name in KEEPALIVE_CELLS:
             extra.append("wsgiproxy-keep100")
@@ -35,4 +37,6 @@ CELLS = [
     Cell("50ms c256", "delay", "/delay", 256),
     Cell("HTTPS 100B c64", "https", "/100b.bin", 64),
     Cell("forward 100B c64", "http", "/100b.bin", 64, forward=True),
+    # the price of balancing: three healthy servers beside one, paired in each repetition
+    Cell(GROUP_CELL, "http", "/100b.bin", 64),
 ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from constants import QUEUE_CLIENTS, QUEUE_LIMIT, WORKERS
-from proxies import OURS, WSGI_ALTERNATIVES
+from proxies import GROUP_CELL, OURS, WSGI_ALTERNATIVES
 from report import fmt, max_rss_per_worker, ratio
 
 
@@ -27,6 +27,8 @@ class Goal:
     cell: str = ""
     against: str = ""  # the proxy wsgiproxy is compared with
     unmeasured: str | None = None
+    subject: str = OURS  # the proxy measured (a variant of ours: wsgiproxy-group3)
+    key: str = ""  # failover metrics: the key of failover.analyse's result
 
 
 BASELINE = "flask-urllib3"  # "the shared-PoolManager app"
@@ -75,6 +77,20 @@ GOALS = [
          "rss_per_worker_vs", "<=", 1.2, against=BASELINE),
     Goal("Memory: a 50 MB response adds under 5 MB",
          "big_response_mb", "<", 5),
+    Goal("Group of three healthy servers, 100 B at 64 connections: at least 0.97x the req/s of one server",
+         "rps_vs", ">=", 0.97, GROUP_CELL, OURS, subject="wsgiproxy-group3"),
+    Goal("Failover: no client-visible errors",
+         "failover_value", "==", 0, key="errors", unmeasured="Failover"),
+    Goal("Failover: p99 during the fault at most 2x steady",
+         "failover_value", "<=", 2, key="p99_fault_vs_steady", unmeasured=""),
+    Goal("Failover: back in service at most 2 s after the server returns",
+         "failover_value", "<=", 2, key="back_s", unmeasured=""),
+    Goal("Failover: client-visible errors no more than HAProxy's",
+         "failover_vs", "<=", 1, key="errors", against="haproxy", unmeasured=""),
+    Goal("Failover: p99 during the fault over steady no worse than HAProxy's",
+         "failover_vs", "<=", 1, key="p99_fault_vs_steady", against="haproxy", unmeasured=""),
+    Goal("Failover: back in service no later than HAProxy",
+         "failover_vs", "<=", 1, key="back_s", against="haproxy", unmeasured=""),
 ]
 # fmt: on
 
@@ -93,6 +109,8 @@ class Measured:
     M: dict[str, Any]
     queue: dict[str, Any]
     memory: dict[str, Any]
+    failover: dict[str, dict[str, Any]]
+    not_started: set[str]
 
     def get(self, cell: str, proxy: str, metric: str) -> float | None:
         return self.M.get(cell, {}).get(proxy, {}).get(metric)
@@ -113,7 +131,9 @@ def rps_vs_best(g: Goal, m: Measured) -> Shown:
 
 
 def rps_vs(g: Goal, m: Measured) -> Shown:
-    ours, theirs = m.get(g.cell, OURS, "rps"), m.get(g.cell, g.against, "rps")
+    ours, theirs = m.get(g.cell, g.subject, "rps"), m.get(g.cell, g.against, "rps")
+    if g.cell in m.M and g.subject in m.not_started:
+        return None, f"not measured: {g.subject} did not start"
     r = ratio(ours, theirs)
     return r, f"{fmt(r, 2)}x ({fmt(ours)} vs {fmt(theirs)} req/s)"
 
@@ -199,6 +219,50 @@ def big_response_mb(g: Goal, m: Measured) -> Shown:
     return m50, shown
 
 
+FAILOVER_SHOWN = {
+    "errors": ("{:,.0f} errors", 0),
+    "p99_fault_vs_steady": ("{:.2f}x", 2),
+    "back_s": ("{:.2f} s", 2),
+}
+
+
+def _failover(m: Measured, proxy: str, key: str) -> tuple[float | None, str]:
+    r = m.failover.get(proxy)
+    if r is None:
+        return None, ""
+    if "not_measured" in r:
+        return None, f"not measured: {proxy} {r['not_measured']}"
+    v = r.get(key)
+    if v is None and key == "back_s":
+        return float("inf"), "never, within the run"
+    text = FAILOVER_SHOWN[key][0].format(v) if v is not None else "—"
+    if key == "p99_fault_vs_steady" and v is not None:
+        text += f" ({fmt(r['p99_fault_ms'], 1)} vs {fmt(r['p99_steady_ms'], 1)} ms)"
+    return v, text
+
+
+def failover_value(g: Goal, m: Measured) -> Shown:
+    """One of wsgiproxy's failover figures (failover.analyse)."""
+    if not m.failover:
+        return None
+    return _failover(m, g.subject, g.key)
+
+
+def failover_vs(g: Goal, m: Measured) -> Shown:
+    """wsgiproxy's failover figure against another proxy's: passes when ours minus
+    theirs is at most 0 (compare "<=" with target 1 reads: no worse)."""
+    if not m.failover:
+        return None
+    ours, shown_o = _failover(m, g.subject, g.key)
+    theirs, shown_t = _failover(m, g.against, g.key)
+    if ours is None:
+        return None, shown_o
+    if theirs is None:
+        return None, shown_t or f"not measured: {g.against}"
+    worse = ours > theirs
+    return (2.0 if worse else 1.0), f"{shown_o} vs {g.against} {shown_t}"
+
+
 METRIC_FNS: dict[str, Callable[[Goal, Measured], Shown]] = {
     f.__name__: f
     for f in (
@@ -212,15 +276,21 @@ METRIC_FNS: dict[str, Callable[[Goal, Measured], Shown]] = {
         queue_errors,
         rss_per_worker_vs,
         big_response_mb,
+        failover_value,
+        failover_vs,
     )
 }
 
 
 def evaluate_goals(
-    M: dict[str, Any], queue: dict[str, Any], memory: dict[str, Any]
+    M: dict[str, Any],
+    queue: dict[str, Any],
+    memory: dict[str, Any],
+    failover: dict[str, dict[str, Any]] | None = None,
+    not_started: set[str] | None = None,
 ) -> list[tuple[str, str, bool | None]]:
     """(goal line, measured, PASS/FAIL/None=not measured)."""
-    measured = Measured(M, queue, memory)
+    measured = Measured(M, queue, memory, failover or {}, not_started or set())
     out: list[tuple[str, str, bool | None]] = []
     for g in GOALS:
         got = METRIC_FNS[g.metric](g, measured)
@@ -230,7 +300,8 @@ def evaluate_goals(
             continue
         value, shown = got
         if value is None:
-            out.append((g.text, "not measured", None))
+            why = shown if shown.startswith("not measured") else "not measured"
+            out.append((g.text, why, None))
         else:
             out.append((g.text, shown, bool(COMPARE[g.compare](value, g.target))))
     return out

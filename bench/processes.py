@@ -75,12 +75,14 @@ class Processes:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         stop_signal: int = signal.SIGINT,
+        pass_fds: tuple[int, ...] = (),
     ) -> subprocess.Popen[bytes]:
         with open(self.logdir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
                 argv,
                 env=env,
                 cwd=cwd,
+                pass_fds=pass_fds,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -112,6 +114,12 @@ class Processes:
                         os.kill(pid, signal.SIGKILL)
                     break
                 time.sleep(0.05)
+
+    def stop_one(self, proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+        """Stop one process started here, with the signal it was started with."""
+        with self.lock:
+            sig = next((s for _, p, s in self.items if p is proc), signal.SIGINT)
+        self.stop(proc, sig, grace)
 
     def stop_all(self) -> None:
         with self.lock:

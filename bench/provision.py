@@ -22,17 +22,16 @@ def run_quiet(argv: list[str], timeout: float, env: dict[str, str] | None = None
 
 
 # -- tools and virtualenvs -----------------------------------------------------------------
-def ensure_system_tools() -> None:
-    """wrk and nginx from the system packages, installed when missing (never started)."""
-    missing = [
-        t for t in ("wrk", "nginx") if not (shutil.which(t) or Path(f"/usr/sbin/{t}").exists())
-    ]
+def ensure_system_tools(haproxy: bool = False) -> None:
+    """wrk and nginx (and HAProxy for the failover scenario) from the system packages,
+    installed when missing (never started: the bench runs its own, in the foreground)."""
+    tools = ["wrk", "nginx"] + (["haproxy"] if haproxy else [])
+    missing = [t for t in tools if not (shutil.which(t) or Path(f"/usr/sbin/{t}").exists())]
     if not missing:
         return
     if os.geteuid() != 0:
-        raise SystemExit(
-            f"bench: {', '.join(missing)} missing; install them (apt-get install -y wrk nginx)"
-        )
+        names = " ".join(missing)
+        raise SystemExit(f"bench: {names} missing; install them (apt-get install -y {names})")
     print(f"bench: installing {' '.join(missing)} (apt-get)", flush=True)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     run_quiet(["apt-get", "update", "-qq"], 300, env)
@@ -44,7 +43,7 @@ def ensure_system_tools() -> None:
         policy.chmod(0o755)
         made_policy = True
     try:
-        run_quiet(["apt-get", "install", "-y", "-qq", "wrk", "nginx"], 600, env)
+        run_quiet(["apt-get", "install", "-y", "-qq", *missing], 600, env)
     finally:
         if made_policy:
             policy.unlink()
@@ -83,6 +82,10 @@ def ensure_venv(name: str) -> Path:
 
 def nginx_binary() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def haproxy_binary() -> str:
+    return shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
 # -- files and certificates ----------------------------------------------------------------
@@ -153,6 +156,10 @@ http {{{common}
     keepalive_timeout 75s;
     keepalive_requests 1000000;
     server {{ listen 127.0.0.1:{p["up_http"]}; root {tmp}/www; }}
+    # Two more ports with the same files: the group of three healthy servers that the
+    # "100B c64 group3" cell puts behind one route (one nginx serves all three).
+    server {{ listen 127.0.0.1:{p["up_http_b"]}; root {tmp}/www; }}
+    server {{ listen 127.0.0.1:{p["up_http_c"]}; root {tmp}/www; }}
     server {{
         listen 127.0.0.1:{p["up_https"]} ssl;
         ssl_certificate {tmp}/server.pem;
@@ -193,6 +200,63 @@ http {{{common}
 }}
 """
     )
+
+
+def failover_nginx_conf(tmp: Path, name: str, port: int, servers: list[int]) -> str:
+    """nginx in front of the failover scenario's three servers: passive health only
+    (nginx without the commercial module has no active checks), a failure ejects a
+    server for 10 s, a failed request goes on to the next server."""
+    head, common = _nginx_common(tmp, name)
+    lines = "".join(
+        f"        server 127.0.0.1:{s} max_fails=1 fail_timeout=10s;\n" for s in servers
+    )
+    return (
+        head
+        + f"""
+http {{{common}
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+    upstream group {{
+{lines}        keepalive 32;
+    }}
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_next_upstream error timeout;
+    proxy_connect_timeout 2s;
+    server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://group; }} }}
+}}
+"""
+    )
+
+
+def failover_haproxy_conf(port: int, servers: list[int], health_path: str) -> str:
+    """HAProxy in front of the failover scenario's three servers, as the issue asks:
+    round robin, an HTTP check every second (default rise 2, fall 3), 3 retries with
+    redispatch; keep-alive on both sides (HAProxy's defaults). Foreground, no logs."""
+    lines = "".join(
+        f"    server s{i} 127.0.0.1:{s} check inter 1s\n" for i, s in enumerate(servers, 1)
+    )
+    return f"""global
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout check 1s
+    retries 3
+    option redispatch
+
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend group
+
+backend group
+    balance roundrobin
+    option httpchk
+    http-check send meth GET uri {health_path} ver HTTP/1.1 hdr Host localhost
+{lines}"""
 
 
 # -- the product's code --------------------------------------------------------------------

@@ -34,6 +34,8 @@ class Proxy:
     root_is_worker: bool = False  # its RSS counts the process we start, not only children
     experiment: bool = False  # runs --x-tree's code with --x-env's settings
     queue_only: bool = False  # only in the queue-pressure run; not among PROXIES
+    group: bool = False  # wsgiproxy: PROXY_UPSTREAM lists three servers (Bench.group_urls)
+    may_fail_to_start: bool = False  # exiting at start is reported ("did not start"), not fatal
 
 
 OURS = "wsgiproxy"
@@ -104,6 +106,14 @@ TABLE = [
         root_is_worker=True,
     ),
     Proxy(
+        "wsgiproxy-group3",
+        "wsgiproxy with three healthy servers in PROXY_UPSTREAM (the same files on three"
+        " ports of the upstream nginx): the price of balancing",
+        "wsgiproxy",
+        group=True,
+        may_fail_to_start=True,
+    ),
+    Proxy(
         "wsgiproxy-x",
         "wsgiproxy with --x-env settings (an experiment; only when named in --only)",
         "wsgiproxy",
@@ -144,6 +154,11 @@ REVERSE = [
 ]
 #: the cells where the defaults are measured beside HTTP_MAX_KEEPALIVE_CONNECTIONS=100
 KEEPALIVE_CELLS = ["100B c64", "100B c256"]
+#: the cell where a group of three servers runs beside the single server, and its proxies
+GROUP_CELL = "100B c64 group3"
+GROUP = ["wsgiproxy", "wsgiproxy-group3"]
+#: the failover scenario's proxies (each in front of three servers, one killed and restored)
+FAILOVER = ["nginx", "haproxy", "wsgiproxy"]
 #: the proxies of the forward-proxy cell
 FORWARD = ["wsgiproxy", "wsgiproxy-x", "proxypy"]
 #: the queue-pressure run: "direct" is wrk alone on the upstream

@@ -112,6 +112,8 @@ def queue_progress_line(rep: int, clients: int, proxy: str, m: dict[str, Any]) -
 
 
 def run_line(args: argparse.Namespace, reps_done: int, elapsed: float) -> str:
+    if args.failover:
+        return f"the failover scenario only; took {elapsed / 60:.1f} min"
     return (
         f"{'quick, ' if args.quick else ''}{reps_done} repetitions x {args.duration:g} s per cell "
         f"(warm-up {args.warmup:g} s in the first), queue runs {args.queue_duration:g} s; "
@@ -126,6 +128,8 @@ def report(
     queue: dict[str, Any],
     memory: dict[str, Any],
     goals: list[tuple[str, str, bool | None]],
+    failover: dict[str, dict[str, Any]] | None = None,
+    not_started: dict[str, str] | None = None,
 ) -> str:
     cells = [c.name for c in CELLS if c.name in M]
     lines = [
@@ -141,6 +145,16 @@ def report(
     for text, shown, ok in goals:
         mark = "PASS" if ok else ("FAIL" if ok is False else "n/a")
         lines.append(f"- **{mark}** {text}: {shown}")
+    if not_started:
+        lines += [
+            "",
+            "Not measured: " + "; ".join(f"{k} {v}" for k, v in not_started.items()) + ".",
+        ]
+    if failover:
+        lines += failover_table(failover)
+    if not cells:
+        lines += ["", "Every run: `results.json`.", ""]
+        return "\n".join(lines)
     lines += [
         "",
         "## wsgiproxy against each alternative",
@@ -227,6 +241,42 @@ def report(
             lines.append(f"| {proxy} | {fmt(mb, 1)} |")
     lines += ["", "Chart: `chart.png` beside this file; every run: `results.json`.", ""]
     return "\n".join(lines)
+
+
+def failover_table(failover: dict[str, dict[str, Any]]) -> list[str]:
+    from failover import CONNS, FAULT_AT, LOAD_SECONDS, RATE, RESTORE_AT
+
+    lines = [
+        "",
+        f"## Failover: three servers, one killed at {FAULT_AT:g} s and back at {RESTORE_AT:g} s",
+        "",
+        f"{RATE:,} req/s over {CONNS} keep-alive connections for {LOAD_SECONDS:g} s (an open-loop "
+        "load; latency from each request's due time). Errors: non-2xx, connections refused, reset "
+        "or closed early, and no answer in 5 s. p99 steady: requests due from 1 s until the kill; "
+        "during the fault: from the kill until the server returns. Tried until: seconds from the "
+        "kill to the last burst of connection attempts (SYNs) on the dead port, a proxy's health "
+        "checks not counted; SYNs: every attempt while it was dead. Back: seconds from the port "
+        "listening again until the server serves its first request of the load.",
+        "",
+        "| proxy | errors | served | p99 steady ms | p99 fault ms | fault / steady | max fault ms "
+        "| tried until s | SYNs while dead | back s | served per server |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for proxy, r in failover.items():
+        if "not_measured" in r:
+            lines.append(f"| {proxy} | not measured: {r['not_measured']} |" + " |" * 9)
+            continue
+        kinds = ", ".join(f"{k} {v}" for k, v in r["error_kinds"].items())
+        back = fmt(r["back_s"], 2) if r["back_s"] is not None else "never"
+        note = f" ({r['tried_note']})" if r["tried_note"] else ""
+        lines.append(
+            f"| {proxy} | {r['errors']}{f' ({kinds})' if kinds else ''} | {fmt(r['served'])} | "
+            f"{fmt(r['p99_steady_ms'], 1)} | {fmt(r['p99_fault_ms'], 1)} | "
+            f"{fmt(r['p99_fault_vs_steady'], 2)} | {fmt(r['max_fault_ms'], 0)} | "
+            f"{fmt(r['tried_s'], 2)}{note} | "
+            f"{fmt(r['attempts'])} | {back} | {' / '.join(fmt(n) for n in r['served_per_server'])} |"
+        )
+    return lines
 
 
 # -- the report's head: versions and machine -----------------------------------------------

@@ -48,12 +48,13 @@ from typing import Any
 
 from cells import CELLS, Cell
 from constants import BENCH, PRODUCT_BIN, QUEUE_CLIENTS, QUEUE_LIMIT, RESULTS, ROOT, WORKERS
+from failover import run_failover
 from goals import evaluate_goals
 from measure import big_response_growth, check_wrk_absolute_form, measure
 from processes import Processes
 from profiling import run_profile
 from provision import ensure_system_tools, ensure_venv
-from proxies import KEEPALIVE_CELLS, MEMORY, OURS, PROXIES, QUEUE, TABLE
+from proxies import FAILOVER, GROUP_CELL, KEEPALIVE_CELLS, MEMORY, OURS, PROXIES, QUEUE, TABLE
 from report import (
     machine,
     medians,
@@ -91,7 +92,7 @@ def run_bench(args: argparse.Namespace) -> int:
 def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_start: float) -> int:
     only = set(args.only.split(",")) if args.only else None
     if only:
-        unknown = only - set(PROXIES) - {"queue", "memory"}
+        unknown = only - set(PROXIES) - {"queue", "memory", "haproxy"}
         if unknown:
             raise SystemExit(
                 f"bench: unknown --only {sorted(unknown)}; choose from {', '.join(PROXIES)}"
@@ -103,20 +104,33 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
 
     bench.x_env = parse_x_env(args)
     cells = [c for c in CELLS if not args.cells or c.name in args.cells]
-    do_queue = not args.no_queue and (only is None or "queue" in only or "flask-urllib3" in only)
-    _set_up(bench, cells, want, do_queue, outdir)
+    if args.failover:  # the failover scenario alone
+        cells = []
+    do_queue = (
+        not args.no_queue
+        and not args.failover
+        and (only is None or "queue" in only or "flask-urllib3" in only)
+    )
+    # The full run ends with it; a focused run (--only, --cells) or --quick only when asked.
+    do_failover = args.failover or not (
+        args.no_failover or args.quick or only is not None or args.cells
+    )
+    failover_proxies = [p for p in FAILOVER if want(p)]
+    _set_up(bench, cells, want, do_queue, outdir, haproxy=do_failover)
 
     runs, queue_runs, reps_done = _measure_cells(bench, args, cells, want, do_queue, t_start)
 
     memory: dict[str, float] = {}
-    if not args.no_memory:
+    if not args.no_memory and not args.failover:
         for proxy in MEMORY:
             if (proxy, "http") in bench.inst:
                 memory[proxy] = big_response_growth(bench.inst[(proxy, "http")])
                 print(f"  50 MB response through {proxy}: +{memory[proxy]:.1f} MB", flush=True)
 
+    failover = run_failover(bench, failover_proxies) if do_failover else {}
+
     return _write_results(
-        bench, args, cells, runs, queue_runs, memory, reps_done, outdir, stamp, t_start
+        bench, args, cells, runs, queue_runs, memory, failover, reps_done, outdir, stamp, t_start
     )
 
 
@@ -126,9 +140,10 @@ def _set_up(
     want: Callable[[str], bool],
     do_queue: bool,
     outdir: Path,
+    haproxy: bool = False,
 ) -> None:
     """Tools, venvs, files, the upstreams and every instance the cells need, ready."""
-    ensure_system_tools()
+    ensure_system_tools(haproxy=haproxy)
     for spec in TABLE:
         if spec.venv and want(spec.name):
             bench.venv[spec.venv] = ensure_venv(spec.venv)
@@ -183,12 +198,14 @@ def _measure_cells(
             if rep % 2:
                 order.reverse()
             for proxy in order:
-                inst = bench.inst[(proxy, cell.upstream)]
+                inst = bench.inst.get((proxy, cell.upstream))
+                if inst is None:  # did not start (bench.not_started says why)
+                    continue
                 abs_url = f"{bench.upstream_url('http')}{cell.path}" if cell.forward else None
                 # Churn is a goal about a steady load, and between two runs of one proxy the
                 # others run for longer than the pool's surplus window: in those cells every
                 # repetition warms every proxy, so each run starts from what its load keeps.
-                warm = rep == 0 or cell.name in KEEPALIVE_CELLS
+                warm = rep == 0 or cell.name in KEEPALIVE_CELLS or cell.name == GROUP_CELL
                 if warm and args.warmup > 0:
                     measure(bench, inst, cell.path, cell.conns, args.warmup, abs_url=abs_url)
                 m = measure(bench, inst, cell.path, cell.conns, args.duration, abs_url=abs_url)
@@ -220,6 +237,7 @@ def _write_results(
     runs: list[dict[str, Any]],
     queue_runs: list[dict[str, Any]],
     memory: dict[str, float],
+    failover: dict[str, dict[str, Any]],
     reps_done: int,
     outdir: Path,
     stamp: str,
@@ -228,7 +246,10 @@ def _write_results(
     """report.md, results.json and chart.png under outdir; the report printed."""
     M = medians(runs)
     queue = queue_medians(queue_runs)
-    goals = evaluate_goals(M, queue, memory)
+    not_started = {f"{p} ({u})": why for (p, u), why in bench.not_started.items()}
+    goals = evaluate_goals(M, queue, memory, failover, {p for p, _ in bench.not_started})
+    if args.failover:  # the scenario alone: the other goals were not measured at all
+        goals = [g for g in goals if g[0].startswith("Failover")]
     elapsed = time.monotonic() - t_start
     vers = versions(bench.venv, bench.product_commit)
     if bench.product_digest:
@@ -243,7 +264,7 @@ def _write_results(
         "run_line": run_line(args, reps_done, elapsed),
         "argv": sys.argv[1:],
     }
-    text = report(meta, M, queue, memory, goals)
+    text = report(meta, M, queue, memory, goals, failover, not_started)
     (outdir / "report.md").write_text(text)
     (outdir / "results.json").write_text(
         json.dumps(
@@ -253,6 +274,8 @@ def _write_results(
                 "runs": runs,
                 "queue_runs": queue_runs,
                 "memory_mb": memory,
+                "failover": failover,
+                "not_started": not_started,
                 "medians": M,
                 "queue": queue,
                 "goals": goals,
@@ -261,27 +284,30 @@ def _write_results(
             indent=1,
         )
     )
-    chart = subprocess.run(
-        [
-            str(bench.venv["tools"] / "python"),
-            str(BENCH / "chart.py"),
-            str(outdir / "results.json"),
-            str(outdir / "chart.png"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if chart.returncode != 0:
-        print(f"bench: chart failed: {chart.stderr[-1500:]}", file=sys.stderr)
-    latest = RESULTS / ("latest-quick" if args.quick else "latest")
+    if runs:  # a chart of the cells (none in a failover-only run)
+        chart = subprocess.run(
+            [
+                str(bench.venv["tools"] / "python"),
+                str(BENCH / "chart.py"),
+                str(outdir / "results.json"),
+                str(outdir / "chart.png"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if chart.returncode != 0:
+            print(f"bench: chart failed: {chart.stderr[-1500:]}", file=sys.stderr)
+    kind = "latest-failover" if args.failover else "latest-quick" if args.quick else "latest"
+    latest = RESULTS / kind
     if latest.is_symlink() or latest.exists():
         latest.unlink()
     latest.symlink_to(stamp)
     print()
     print(text)
     print(
-        f"bench: wrote {outdir.relative_to(ROOT)}/report.md, results.json, chart.png "
+        f"bench: wrote {outdir.relative_to(ROOT)}/report.md, results.json"
+        f"{', chart.png' if runs else ''} "
         f"in {elapsed / 60:.1f} min"
     )
     return 0
@@ -322,6 +348,16 @@ def main() -> int:
     )
     ap.add_argument("--no-queue", action="store_true", help="skip the queue-pressure run")
     ap.add_argument("--no-memory", action="store_true", help="skip the 50 MB response check")
+    ap.add_argument(
+        "--failover",
+        action="store_true",
+        help="run only the failover scenario (nginx, HAProxy, wsgiproxy; about 1.5 min)",
+    )
+    ap.add_argument(
+        "--no-failover",
+        action="store_true",
+        help="skip the failover scenario (--quick, --only and --cells skip it unless --failover)",
+    )
     ap.add_argument(
         "--budget",
         type=float,
@@ -367,7 +403,7 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     # Whatever happens, the run ends: past this the finally blocks stop everything.
-    hard_limit = int((args.budget + 8) * 60) if not args.profile else 600
+    hard_limit = int((args.budget + 10) * 60) if not args.profile else 600
     signal.signal(
         signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("bench: hard time limit"))
     )

@@ -173,11 +173,18 @@ class Metrics:
         with self._lock:
             self._pool_wait.add(None, seconds)
 
-    def observe_attempt(self, route: str, server: str, status: int) -> None:
-        """One attempt of a request on an upstream server, and the status it gave."""
-        key = (route, server, status_class(status))
+    def observe_attempts(
+        self, attempts: list[tuple[str, str, int]], pool_wait: float | None = None
+    ) -> None:
+        """A request's attempts on upstream servers (route, server, status each gave), and
+        how long the one that answered waited for its connection: one lock for both."""
+        tallies = self._attempts
         with self._lock:
-            self._attempts[key] = self._attempts.get(key, 0) + 1
+            if pool_wait is not None:
+                self._pool_wait.add(None, pool_wait)
+            for route, server, status in attempts:
+                key = (route, server, status_class(status))
+                tallies[key] = tallies.get(key, 0) + 1
 
     def observe_retry(self, reason: str) -> None:
         """A request sent on to another server (or refused that by the retry budget)."""

@@ -104,12 +104,14 @@ class Forwarder:
                         self.preserve_host and "HTTP_HOST" in environ,
                         attempts,
                     )
-                finally:
-                    self._log_attempts(environ, attempts)
+                except BaseException:
+                    self._log_attempts(environ, attempts, None)
+                    raise
+                self._log_attempts(environ, attempts, exchange.pool_wait)
                 server = attempts.servers[-1]  # started; ResponseBody.close finishes it
             else:
                 exchange = self._forward(target, method, headers, body)
-            self.metrics.observe_pool_wait(exchange.pool_wait)
+                self.metrics.observe_pool_wait(exchange.pool_wait)
             environ["wsgiproxy.pool_wait_ms"] = f"{exchange.pool_wait * 1000:.1f}"
             environ["wsgiproxy.upstream_ms"] = (
                 f"{(time.monotonic() - started - exchange.pool_wait) * 1000:.1f}"
@@ -162,14 +164,23 @@ class Forwarder:
             )
         return exchange
 
-    def _log_attempts(self, environ: dict[str, Any], attempts: Attempts) -> None:
+    def _log_attempts(
+        self, environ: dict[str, Any], attempts: Attempts, pool_wait: float | None
+    ) -> None:
         """The servers tried, for the access log, and their figures for the metrics."""
-        if not attempts.servers:
+        servers, statuses = attempts.servers, attempts.statuses
+        if len(servers) == 1 and statuses:  # the common case: no join, no zip
+            server = servers[0]
+            environ["wsgiproxy.upstream_addr"] = server.address
+            environ["wsgiproxy.upstream_status"] = str(statuses[0])
+            self.metrics.observe_attempts([(server.route, server.address, statuses[0])], pool_wait)
             return
         environ["wsgiproxy.upstream_addr"] = attempts.addresses()
         environ["wsgiproxy.upstream_status"] = attempts.status_text()
-        for server, status in zip(attempts.servers, attempts.statuses, strict=False):
-            self.metrics.observe_attempt(server.route, server.address, status)
+        self.metrics.observe_attempts(
+            [(s.route, s.address, status) for s, status in zip(servers, statuses, strict=False)],
+            pool_wait,
+        )
 
     def _exchange(self, request: Outgoing) -> Exchange:
         """Send the request; replay it once on a new connection when the reused one it

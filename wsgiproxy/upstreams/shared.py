@@ -33,6 +33,8 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from ..concurrency import gevent_patched
+
 MAGIC = int.from_bytes(b"WPXSTAT1", "little")
 _HEADER = 4  # cells: magic, servers, slots, reserved
 _ROW = 3  # cells per server in a worker's row: in flight, requests, failures
@@ -95,7 +97,11 @@ class SharedState:
         self.slots = self._ints[2]
         self._rows = _HEADER + self.slots
         self._records = self._rows + self.slots * servers * _ROW
-        self._local = threading.Lock()
+        # Only this process writes its row. Threads need a lock around each change;
+        # greenlets do not (nothing in a change yields), and it would cost each request.
+        self._local: contextlib.AbstractContextManager[object] = (
+            contextlib.nullcontext() if gevent_patched() else threading.Lock()
+        )
         self._mine: list[int] = [0] * (servers * _ROW)
         self.slot = self._claim(os.getpid() if pid is None else pid)
 

@@ -330,3 +330,35 @@ def test_metrics_of_a_group(proxies: Callable[..., Proxy]) -> None:
         attempts = "wsgiproxy_upstream_requests_total"
         assert f'{attempts}{{route="/",server="{dead_name}",status_class="5xx"}} 1.0' in text
         assert 'wsgiproxy_upstream_retries_total{reason="upstream-refused"} 1.0' in text
+
+
+def test_the_retry_budget_holds_while_two_of_three_servers_hang(
+    proxies: Callable[..., Proxy],
+) -> None:
+    """Two silent servers out of three would have every timed-out request retried at
+    once, doubling the load on the one server left (Envoy's retry budget)."""
+    with upstreams(3) as (silent1, silent2, good):
+        silent1.misbehave = silent2.misbehave = "hang"
+        # The good server as backup: a retry goes to the other silent server first and
+        # holds its place in the budget for the whole read timeout.
+        proxy = proxies(
+            "gevent",
+            PROXY_UPSTREAM=group([silent1, silent2, good], "", "", "backup"),
+            HTTP_READ_TIMEOUT="1",
+            PROXY_MAX_FAILS="1000",  # keep them in rotation: the budget is what is tested
+            PROXY_FAIL_TIMEOUT="1",
+        )
+        replies = run_concurrently(30, lambda i: request(proxy.port, "GET", f"/echo?id={i}"))
+        statuses = Counter(r.status for r in replies)
+        assert set(statuses) <= {200, 504}, statuses
+        assert statuses[504] > 0, "every timed-out request was retried: no budget"
+        text = request(proxy.port, "GET", "/_proxy/metrics").body.decode()
+        spent = re.search(r'wsgiproxy_upstream_retries_total\{reason="budget-spent"\} (\S+)', text)
+        retried = re.search(
+            r'wsgiproxy_upstream_retries_total\{reason="upstream-timeout"\} (\S+)', text
+        )
+        assert spent is not None and float(spent.group(1)) >= statuses[504] > 0
+        # Without a budget all 30 would go to the other silent server, then to the good
+        # one: 60 retries, no 504. With it, at most max(3, 20% of 30) = 6 at once.
+        assert retried is not None and float(retried.group(1)) <= 12
+        assert statuses[200] == len(good.requests) <= 6

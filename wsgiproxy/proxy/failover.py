@@ -131,7 +131,9 @@ class Failover:
                     server.finished(exc.kind)
                     self._blame(server, now)
                     reason = exc.kind
-                    if not self._again(exc.stage, method, body, group, attempts, reason, exc):
+                    if not self._again(
+                        exc.stage, method, body, group, attempts, reason, exc, budget_taken
+                    ):
                         raise
                 except ProxyError as exc:
                     # The client's own fault (its body) or a full pool: the server is not
@@ -151,7 +153,9 @@ class Failover:
                         attempts.statuses.append(status)
                         return exchange
                     self._blame(server, now)
-                    if not self._again(SENT, method, body, group, attempts, "status", None):
+                    if not self._again(
+                        SENT, method, body, group, attempts, "status", None, budget_taken
+                    ):
                         attempts.statuses.append(status)
                         return exchange  # no next server: the client gets this answer
                     attempts.statuses.append(status)
@@ -194,8 +198,10 @@ class Failover:
         attempts: Attempts,
         reason: str,
         error: UpstreamError | None,
+        holding: bool,
     ) -> bool:
-        """May this request go to another server after a failure at ``stage``?"""
+        """May this request go to another server after a failure at ``stage``? A request
+        already retrying keeps its place in the budget (``holding``)."""
         if len(attempts.servers) >= self.tries:
             return False
         if stage != NOT_SENT and (
@@ -204,7 +210,8 @@ class Failover:
             return False
         if group.pick(time.monotonic(), attempts.servers) is None:
             return False
-        if self.retrying >= max(MIN_RETRY_BUDGET, RETRY_BUDGET_SHARE * self._in_flight()):
+        others = self.retrying - 1 if holding else self.retrying
+        if others >= max(MIN_RETRY_BUDGET, RETRY_BUDGET_SHARE * self._in_flight()):
             log.warning(
                 "retry budget spent (%d retries in progress): not trying another server",
                 self.retrying,

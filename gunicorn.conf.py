@@ -64,7 +64,11 @@ if _settings.server.worker_class == "gthread":
 # The heartbeat limit: a sync or gthread worker silent for this long is killed. Leave room
 # for the slowest legitimate upstream exchange (connect + a full read timeout).
 timeout = int(max(30, _settings.timeouts.connect + _settings.timeouts.read + 10))
-graceful_timeout = 30
+graceful_timeout = max(1, round(_settings.server.graceful_timeout))  # gunicorn takes whole seconds
+# A worker replaced after this many requests (0: never), each at its own count so the
+# workers do not all restart at once.
+max_requests = _settings.server.max_requests
+max_requests_jitter = max(1, _settings.server.max_requests // 10) if max_requests else 0
 # Seconds an idle client keep-alive connection is held open.
 keepalive = 15
 # gevent imports urllib3/ssl in each worker after patching; preloading would import them

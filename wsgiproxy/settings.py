@@ -67,6 +67,10 @@ class ServerSettings:
     threads: int
     log_level: str
     access_log: str | None
+    #: Seconds a stopping or replaced worker has to finish its requests (PROXY_GRACEFUL_TIMEOUT).
+    graceful_timeout: float
+    #: Requests after which a worker is replaced, with jitter; 0: never (PROXY_MAX_REQUESTS).
+    max_requests: int
 
 
 @dataclass(frozen=True)
@@ -150,12 +154,14 @@ class PoolSettings:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds: to connect, between bytes read, per block sent, waiting for the pool."""
+    """Seconds: to connect, between bytes read, per block sent, waiting for the pool, and
+    with nothing moved either way in a CONNECT tunnel or an upgraded connection."""
 
     connect: float
     read: float
     write: float
     pool: float
+    tunnel_idle: float
 
 
 @dataclass(frozen=True)
@@ -211,6 +217,8 @@ class Settings:
                 threads=env.get("PROXY_THREADS", values.positive_int, 32),
                 log_level=env.get("PROXY_LOG_LEVEL", values.choice(_LOG_LEVELS), "info"),
                 access_log=environ.get("PROXY_ACCESS_LOG", "-").strip() or None,
+                graceful_timeout=env.get("PROXY_GRACEFUL_TIMEOUT", values.positive_seconds, 30.0),
+                max_requests=env.get("PROXY_MAX_REQUESTS", values.non_negative_int, 0),
             ),
             requests=RequestSettings(
                 upstream=env.optional("PROXY_UPSTREAM", values.server_group),
@@ -248,6 +256,7 @@ class Settings:
                 read=env.get("HTTP_READ_TIMEOUT", values.positive_seconds, 30.0),
                 write=env.get("HTTP_WRITE_TIMEOUT", values.positive_seconds, 10.0),
                 pool=env.get("HTTP_POOL_TIMEOUT", values.positive_seconds, 5.0),
+                tunnel_idle=env.get("PROXY_TUNNEL_IDLE_TIMEOUT", values.positive_seconds, 60.0),
             ),
             health=HealthSettings(
                 interval=env.get("HTTP_HEALTH_INTERVAL", values.positive_seconds, 60.0),

@@ -3,7 +3,7 @@
 WSGI has no notion of a tunnel, so this takes the client socket gunicorn hands over
 (``server.gunicorn.client_socket``), writes ``200 Connection Established`` itself, and relays
 bytes both ways until both sides are done or the tunnel sits idle for
-``HTTP_READ_TIMEOUT``. gunicorn is told the response is already sent (nothing else is
+``PROXY_TUNNEL_IDLE_TIMEOUT``. gunicorn is told the response is already sent (nothing else is
 ever written to the client after the tunnel starts) and closes the connection after, as
 it does for every CONNECT. Servers without such a socket (the ``flask run`` dev server)
 get 501.
@@ -100,7 +100,7 @@ class Tunnels:
             self.active += 1
             self.opened += 1
         up = down = 0
-        idle = self.timeouts.read
+        idle = self.timeouts.tunnel_idle
         try:
             # Bound every blocking send by the idle timeout: a peer that stops reading
             # cannot pin this thread (or greenlet) forever.
@@ -113,7 +113,9 @@ class Tunnels:
                 up += len(pending)
             up, down = self._pump(client, upstream, up)
         except TimeoutError:
-            log.info("tunnel peer stopped reading for %.0fs (HTTP_READ_TIMEOUT): closing", idle)
+            log.info(
+                "tunnel peer stopped reading for %.0fs (PROXY_TUNNEL_IDLE_TIMEOUT): closing", idle
+            )
         except OSError as exc:
             if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
                 log.info("tunnel ended on %s", exc)
@@ -132,9 +134,9 @@ class Tunnels:
     def _pump(self, client: socket.socket, upstream: socket.socket, up: int) -> tuple[int, int]:
         """Copy bytes both ways. A side that closes has its half passed on (shutdown of
         the write side); the tunnel ends when both halves are closed, when either side
-        resets, or after ``HTTP_READ_TIMEOUT`` with no byte either way."""
+        resets, or after ``PROXY_TUNNEL_IDLE_TIMEOUT`` with no byte either way."""
         down = 0
-        idle = self.timeouts.read
+        idle = self.timeouts.tunnel_idle
         peers = {client: upstream, upstream: client}
         open_reads = {client, upstream}
         with selectors.DefaultSelector() as selector:
@@ -143,7 +145,7 @@ class Tunnels:
             while open_reads:
                 ready = selector.select(idle)
                 if not ready:
-                    log.info("tunnel idle for %.0fs (HTTP_READ_TIMEOUT): closing it", idle)
+                    log.info("tunnel idle for %.0fs (PROXY_TUNNEL_IDLE_TIMEOUT): closing it", idle)
                     break
                 for key, _ in ready:
                     source: socket.socket = key.fileobj  # type: ignore[assignment]

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from tests.support.processes import run_python
+from wsgiproxy.server_lists import Route, ServerSpec
 from wsgiproxy.settings import BalancingSettings, ConfigError, Settings, load_settings
-from wsgiproxy.values import HostPatterns, Route, ServerSpec, UpstreamURL
+from wsgiproxy.values import HostPatterns, UpstreamURL
 
 URL_HINT = "must be an http:// or https:// URL with a host, like http://10.0.0.5:8000"
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import re
+import signal
 import threading
 import time
 from collections import Counter
@@ -362,3 +364,51 @@ def test_the_retry_budget_holds_while_two_of_three_servers_hang(
         # one: 60 retries, no 504. With it, at most max(3, 20% of 30) = 6 at once.
         assert retried is not None and float(retried.group(1)) <= 12
         assert statuses[200] == len(good.requests) <= 6
+
+
+def test_a_worker_killed_mid_request_leaves_no_request_in_flight(
+    proxies: Callable[..., Proxy],
+) -> None:
+    """A worker killed with requests in flight would leave them counted forever, and
+    least_conn would keep steering away from a server that is in fact idle."""
+    with upstreams(2) as (a, b):
+        a.delay = b.delay = 30.0  # held until the worker dies
+        proxy = proxies("gevent", 2, PROXY_UPSTREAM=group([a, b]), PROXY_BALANCE="least_conn")
+        clients = [
+            threading.Thread(target=_lost_request, args=(proxy.port,), daemon=True)
+            for _ in range(6)
+        ]
+        for client in clients:
+            client.start()
+        wait_until(
+            lambda: sum(int(s["in_flight"]) for s in upstream_health(proxy)) == 6,
+            10,
+            "six requests in flight",
+        )
+        workers = {proxy.health()["pid"] for _ in range(20)}
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda: (
+                proxy.health()["pid"] != victim
+                and sum(int(s["in_flight"]) for s in upstream_health(proxy)) < 6
+            ),
+            15,
+            "the killed worker's requests to leave the in-flight counts",
+        )
+        a.delay = b.delay = 0.0
+        a.stop()  # ends the survivors' parked requests (the upstream closes them)
+        b.stop()
+        wait_until(
+            lambda: sum(int(s["in_flight"]) for s in upstream_health(proxy)) == 0,
+            15,
+            "every count back to 0",
+        )
+        for client in clients:
+            client.join(30)
+
+
+def _lost_request(port: int) -> None:
+    """A request whose answer may never come (its worker is killed): errors are expected."""
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        request(port, "GET", "/echo", timeout=40)

@@ -20,9 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from . import values
+from . import server_lists, values
 from .addresses import Networks, in_networks
-from .values import HostPatterns, Route, ServerSpec
+from .server_lists import Route, ServerSpec
+from .values import HostPatterns
 
 __all__ = [
     "BalancingSettings",
@@ -221,8 +222,8 @@ class Settings:
                 max_requests=env.get("PROXY_MAX_REQUESTS", values.non_negative_int, 0),
             ),
             requests=RequestSettings(
-                upstream=env.optional("PROXY_UPSTREAM", values.server_group),
-                routes=env.get("PROXY_ROUTES", values.routes, ()),
+                upstream=env.optional("PROXY_UPSTREAM", server_lists.server_group),
+                routes=env.get("PROXY_ROUTES", server_lists.routes, ()),
                 preserve_host=env.get("PROXY_PRESERVE_HOST", values.flag, False),
                 max_body=env.get("PROXY_MAX_BODY", values.non_negative_int, 0),
                 admin_prefix=env.get("PROXY_ADMIN_PREFIX", values.admin_prefix, "/_proxy"),
@@ -277,8 +278,8 @@ def _balancing(env: _Reader) -> BalancingSettings:
     fail_timeout = env.get("PROXY_FAIL_TIMEOUT", values.positive_seconds, 10.0)
     return BalancingSettings(
         balance=env.get("PROXY_BALANCE", values.choice(_BALANCERS), "round_robin"),
-        fail_statuses=env.get("PROXY_FAIL_STATUSES", values.fail_statuses, frozenset()),
-        max_fails=env.get("PROXY_MAX_FAILS", values.max_fails, 1),
+        fail_statuses=env.get("PROXY_FAIL_STATUSES", server_lists.fail_statuses, frozenset()),
+        max_fails=env.get("PROXY_MAX_FAILS", server_lists.max_fails, 1),
         fail_timeout=fail_timeout,
         max_ejection=env.get("PROXY_MAX_EJECTION", values.positive_seconds, 300.0),
         next_upstream_tries=env.get("PROXY_NEXT_UPSTREAM_TRIES", values.positive_int, 3),

@@ -33,7 +33,14 @@ from ..errors import (
 )
 from ..settings import PoolSettings, Timeouts, TLSSettings
 from .body import RequestBody
-from .http1 import LAST_CHUNK, UpstreamResponse, chunk, keepalive_timeout, request_head
+from .http1 import (
+    LAST_CHUNK,
+    UpstreamResponse,
+    chunk,
+    keepalive_timeout,
+    request_head,
+    response_framing_error,
+)
 from .manager import MAX_ORIGINS, OriginPool, ProxyPoolManager
 from .pool import Decision, Lease, Limits, Pool, PoolTimeout
 from .transport import connect_error, is_dropped, one_line, peer_address
@@ -260,6 +267,14 @@ class UpstreamClient:
             conn.close()
             self.pool.discard(lease)
             raise
+        problem = response_framing_error(response.headers.index)
+        if problem is not None:
+            # Which framing would the client's side see? Ambiguous, so refused (as nginx).
+            response.close()
+            conn.close()
+            self.pool.discard(lease)
+            self.pool.note_error()
+            raise UpstreamProtocolError(f"upstream {format_origin(where)} {problem}", stage=SENT)
         return Exchange(response, conn, lease, where, lease.reused, pool_wait)
 
     def abandon(self, retry: object) -> None:

@@ -26,10 +26,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..addresses import format_origin
 from ..client.body import RequestBody
 from ..client.exchange import Exchange, Outgoing, UpstreamClient
-from ..client.http1 import response_framing_error
 from ..errors import (
     NOT_SENT,
     SENT,
@@ -121,7 +119,7 @@ class Failover:
                 )
                 server.started()
                 try:
-                    exchange = self._attempt(request)
+                    exchange = self._exchange(request)
                 except StaleConnection as exc:
                     attempts.statuses.append(exc.status)  # a POST on a closed idle socket
                     server.finished(exc.kind)
@@ -167,17 +165,6 @@ class Failover:
         finally:
             if budget_taken:
                 self.retrying -= 1
-
-    def _attempt(self, request: Outgoing) -> Exchange:
-        """One exchange; a response head a client must not get is the server's failure."""
-        exchange = self._exchange(request)
-        problem = response_framing_error(exchange.response.headers.index)
-        if problem is not None:
-            self.client.finish(exchange, complete=False)
-            raise UpstreamProtocolError(
-                f"upstream {format_origin(request.origin)} {problem}", stage=SENT
-            )
-        return exchange
 
     def _blame(self, server: Server, now: float) -> None:
         if server.failed(now):

@@ -20,15 +20,13 @@ from ..addresses import format_origin
 from ..buffers import BLOCK
 from ..client.body import RequestBody
 from ..client.exchange import Exchange, Outgoing, UpstreamClient
-from ..client.http1 import request_framing, response_framing_error
+from ..client.http1 import request_framing
 from ..errors import (
     RESPONDING,
-    SENT,
     ProxyError,
     StaleConnection,
     UpstreamAborted,
     UpstreamError,
-    UpstreamProtocolError,
     UpstreamTimeout,
 )
 from ..metrics import Metrics
@@ -155,14 +153,7 @@ class Forwarder:
             address=target.address,
             peer_allowed=target.peer_allowed,
         )
-        exchange = self._exchange(request)
-        problem = response_framing_error(exchange.response.headers.index)
-        if problem is not None:
-            self.client.finish(exchange, complete=False)
-            raise UpstreamProtocolError(
-                f"upstream {format_origin(request.origin)} {problem}", stage=SENT
-            )
-        return exchange
+        return self._exchange(request)
 
     def _log_attempts(
         self, environ: dict[str, Any], attempts: Attempts, pool_wait: float | None

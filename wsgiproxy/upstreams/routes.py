@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 
 from ..addresses import Origin
 from ..client.manager import OriginPool
+from ..server_lists import ServerSpec
 from ..settings import BalancingSettings, RequestSettings
-from ..values import ServerSpec
 from .balance import balancer
 from .server import Ejection, Server
 from .shared import ENV, SharedState

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..client.manager import OriginPool
-from ..values import ServerSpec
+from ..server_lists import ServerSpec
 from .shared import Record, SharedState
 
 

@@ -9,13 +9,27 @@ find the tool fails the test.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import shutil
+import socket
 import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.processes import ROOT
+from tests.support.client import gated, request
+from tests.support.ports import closed_port
+from tests.support.processes import ROOT, stop_process
+from tests.support.proxy import Proxy
+from tests.support.upstream_server import UpstreamServer
+from tests.support.wait import wait_until
 from wsgiproxy.metrics import Metrics
 
 DEPLOY = ROOT / "deploy"
@@ -169,3 +183,238 @@ def test_alert_rules_read_only_metrics_the_proxy_exports() -> None:
         "WsgiproxyUpstreamsUnreachable",
     ):
         assert f"alert: {alert}\n" in text
+
+
+# -- A real scrape -----------------------------------------------------------------------------
+
+
+def scrape(proxy: Proxy) -> str:
+    reply = request(proxy.port, "GET", "/_proxy/metrics")
+    assert reply.status == 200, reply
+    return reply.body.decode()
+
+
+def sample_names(text: str) -> set[str]:
+    return {
+        sample.name for family in text_string_to_metric_families(text) for sample in family.samples
+    }
+
+
+def tunnel_once(proxy: Proxy, upstream: UpstreamServer) -> None:
+    """CONNECT to the upstream and one request through the tunnel."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        target = f"127.0.0.1:{upstream.port}"
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200"), received
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        while chunk := sock.recv(65536):
+            received += chunk
+        assert b"HTTP/1.1 200" in received.split(b"\r\n\r\n", 1)[1], received
+
+
+def exercise(proxy: Proxy, upstream: UpstreamServer) -> None:
+    """Traffic that makes every family appear: requests of each class, a server of a
+    group ejected and retried past, a pool timeout, a CONNECT tunnel."""
+    for _ in range(6):
+        assert request(proxy.port, "GET", "/echo/a").status == 200
+    assert request(proxy.port, "POST", "/status/404", body=b"x").status == 404
+    with gated(proxy.port, upstream, "hold"):
+        # The only connection (HTTP_MAX_CONNECTIONS=1) is held: this one times out.
+        reply = request(proxy.port, "GET", "/status/200")
+        assert reply.status == 503 and reply.header("X-Proxy-Error") == "pool-timeout", reply
+    tunnel_once(proxy, upstream)
+
+
+@contextmanager
+def exercised_proxy(proxies: Callable[..., Proxy], upstream: UpstreamServer) -> Iterator[Proxy]:
+    dead = closed_port()
+    proxy = proxies(
+        "gevent",
+        1,
+        PROXY_UPSTREAM=upstream.url,
+        PROXY_ROUTES=f"/echo={upstream.url} http://127.0.0.1:{dead}",
+        PROXY_CONNECT_PORTS=str(upstream.port),
+        HTTP_MAX_CONNECTIONS="1",
+        HTTP_POOL_TIMEOUT="0.3",
+    )
+    exercise(proxy, upstream)
+    yield proxy
+
+
+@needs_install_time
+def test_a_real_scrape_carries_every_family_and_promtool_finds_it_clean(
+    proxies: Callable[..., Proxy], upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    """Real gunicorn, real traffic: the scrape holds every sample name the proxy
+    defines and no other, and `promtool check metrics` has nothing to say about it."""
+    promtool = tool("promtool")
+    expected = exported_names()
+    with exercised_proxy(proxies, upstream) as proxy:
+        state: dict[str, str] = {}
+
+        def complete() -> bool:
+            state["text"] = scrape(proxy)
+            return sample_names(state["text"]) == expected
+
+        try:
+            wait_until(complete, 15, "every metric family in /_proxy/metrics")
+        except AssertionError:
+            names = sample_names(state["text"])
+            raise AssertionError(
+                f"missing {sorted(expected - names)}, unknown {sorted(names - expected)}"
+            ) from None
+    text = state["text"]
+    (tmp_path / "scrape.txt").write_text(text)
+    lint = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), (
+        lint.stdout + lint.stderr
+    )
+
+
+# -- A real Prometheus -------------------------------------------------------------------------
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def prometheus_api(port: int, path: str, **params: str) -> Any:
+    """GET Prometheus's HTTP API (never through a proxy from the environment)."""
+    url = f"http://127.0.0.1:{port}{path}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    with _NO_PROXY.open(url, timeout=5) as reply:
+        body = json.load(reply)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+@contextmanager
+def running_prometheus(tmp_path: Path, target_port: int) -> Iterator[int]:
+    """Debian's prometheus on 127.0.0.1 with its own storage, scraping
+    ``127.0.0.1:target_port/_proxy/metrics`` every second and evaluating alerts.yml;
+    yields its port and stops it (and its process group) after."""
+    binary = tool("prometheus")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(  # JSON is YAML
+        json.dumps(
+            {
+                "global": {
+                    "scrape_interval": "1s",
+                    "scrape_timeout": "1s",
+                    "evaluation_interval": "1s",
+                },
+                "rule_files": [str(ALERTS)],
+                "scrape_configs": [
+                    {
+                        "job_name": "wsgiproxy",
+                        "metrics_path": "/_proxy/metrics",
+                        "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    port = closed_port()  # prometheus binds by number: a small window, fine here
+    log_path = tmp_path / "prometheus.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--storage.tsdb.retention.time=1h",
+            ],
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def ready() -> bool:
+            assert proc.poll() is None, log_path.read_text(errors="replace")
+            try:
+                with _NO_PROXY.open(f"http://127.0.0.1:{port}/-/ready", timeout=2) as reply:
+                    return bool(reply.status == 200)
+            except OSError:
+                return False
+
+        wait_until(ready, 30, "prometheus to be ready")
+        yield port
+    except BaseException:
+        print(log_path.read_text(errors="replace")[-4000:])
+        raise
+    finally:
+        stop_process(proc)
+
+
+def query(port: int, promql: str) -> dict[str, float]:
+    """An instant query: each series' labels (as text) to its value."""
+    data = prometheus_api(port, "/api/v1/query", query=promql)
+    return {
+        ",".join(f"{k}={v}" for k, v in sorted(item["metric"].items())): float(item["value"][1])
+        for item in data["result"]
+    }
+
+
+@needs_install_time
+def test_prometheus_counts_what_was_sent(
+    proxies: Callable[..., Proxy], upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    """A real Prometheus scraping two gunicorn workers every second sees exactly the
+    requests sent, by status class, and evaluates every alert rule without error."""
+    proxy = proxies("gevent", 2, PROXY_UPSTREAM=upstream.url)
+    sent = {"2xx": 0, "4xx": 0, "5xx": 0}
+    with running_prometheus(tmp_path, proxy.port) as port:
+        for index in range(40):
+            assert request(proxy.port, "GET", f"/echo?i={index}").status == 200
+            sent["2xx"] += 1
+        for _ in range(5):
+            assert request(proxy.port, "POST", "/echo", body=b"hello").status == 200
+            sent["2xx"] += 1
+        for _ in range(4):
+            assert request(proxy.port, "GET", "/status/404").status == 404
+            sent["4xx"] += 1
+        for _ in range(3):
+            assert request(proxy.port, "GET", "/status/503").status == 503
+            sent["5xx"] += 1
+        total = sum(sent.values())
+        seen: dict[str, dict[str, float]] = {}
+
+        def counted() -> bool:
+            seen["total"] = query(port, 'sum(wsgiproxy_requests_total{job="wsgiproxy"})')
+            return list(seen["total"].values()) == [total]
+
+        wait_until(counted, 30, f"Prometheus to see {total} requests (saw {seen})")
+        by_class = query(port, "sum by (status_class) (wsgiproxy_requests_total)")
+        assert by_class == {f"status_class={k}": float(v) for k, v in sent.items()}
+        by_method = query(port, "sum by (method) (wsgiproxy_requests_total)")
+        assert by_method == {"method=GET": 47.0, "method=POST": 5.0}
+        assert query(port, "sum(wsgiproxy_request_duration_seconds_count)") == {"": total}
+        # Its own scrapes (admin requests) are not counted: still the same a scrape later.
+        targets = prometheus_api(port, "/api/v1/targets")["activeTargets"]
+        assert [t["health"] for t in targets] == ["up"], targets
+
+        def rules_evaluated() -> bool:
+            groups = prometheus_api(port, "/api/v1/rules")["groups"]
+            rules = [rule for group in groups for rule in group["rules"]]
+            seen["rules"] = {rule["name"]: rule["health"] for rule in rules}
+            return len(rules) == 6 and all(rule["health"] == "ok" for rule in rules)
+
+        wait_until(rules_evaluated, 15, f"every alert rule evaluated cleanly ({seen})")
+
+        def scraped_again() -> bool:
+            seen["scrapes"] = query(port, 'count_over_time(up{job="wsgiproxy"}[1m])')
+            return list(seen["scrapes"].values())[0] >= 3
+
+        wait_until(scraped_again, 15, f"three scrapes ({seen})")
+        assert query(port, 'sum(wsgiproxy_requests_total{job="wsgiproxy"})') == {"": total}
+        firing = prometheus_api(port, "/api/v1/alerts")["alerts"]
+        assert [a for a in firing if a["state"] == "firing"] == []

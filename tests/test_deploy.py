@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import subprocess
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -36,6 +37,7 @@ DEPLOY = ROOT / "deploy"
 INSTALL = DEPLOY / "install-tools.sh"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
+DASHBOARD = DEPLOY / "grafana" / "wsgiproxy.json"
 
 #: Installing a package may take minutes on a fresh machine.
 needs_install_time = pytest.mark.timeout(900)
@@ -183,6 +185,96 @@ def test_alert_rules_read_only_metrics_the_proxy_exports() -> None:
         "WsgiproxyUpstreamsUnreachable",
     ):
         assert f"alert: {alert}\n" in text
+
+
+# -- Grafana dashboard ---------------------------------------------------------------------
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(where, PromQL) for every panel target, rows' nested panels included, and every
+    templating query."""
+    board = json.loads(DASHBOARD.read_text())
+    found: list[tuple[str, str]] = []
+    pending = list(board["panels"])
+    while pending:
+        panel = pending.pop(0)
+        pending.extend(panel.get("panels", []))
+        for target in panel.get("targets", []):
+            found.append((f"panel {panel['title']!r} {target['refId']}", target["expr"]))
+    for variable in board["templating"]["list"]:
+        if variable["type"] == "query":
+            query = variable["query"]
+            query = query["query"] if isinstance(query, dict) else query
+            inner = re.fullmatch(r"label_values\((.*),\s*\w+\)", query)
+            found.append((f"variable {variable['name']}", inner.group(1) if inner else query))
+    return found
+
+
+def grafana_to_promql(expr: str) -> str:
+    """A dashboard query as Grafana sends it, for one job and every instance."""
+    return (
+        expr.replace("$__rate_interval", "1m")
+        .replace("$job", "wsgiproxy")
+        .replace("$instance", ".*")
+    )
+
+
+def test_dashboard_queries_read_only_metrics_the_proxy_exports() -> None:
+    """Every metric name in every panel's query (and in the variables) is one the proxy
+    exports: a typo or a rename would leave a panel empty with no error."""
+    known = exported_names()
+    queries = dashboard_queries()
+    assert len(queries) >= 20
+    used: set[str] = set()
+    for where, expr in queries:
+        names = promql_metrics(expr)
+        assert names, (where, expr)
+        assert names <= known, (where, names - known)
+        used |= names
+    # What the dashboard is for: requests and errors by class, latency quantiles, pool
+    # wait, pool connections by state, servers up and ejected, retries, open tunnels.
+    assert {
+        "wsgiproxy_requests_total",
+        "wsgiproxy_upstream_errors_total",
+        "wsgiproxy_request_duration_seconds_bucket",
+        "wsgiproxy_pool_wait_seconds_bucket",
+        "wsgiproxy_pool_connections",
+        "wsgiproxy_upstream_up",
+        "wsgiproxy_upstream_ejections_total",
+        "wsgiproxy_upstream_retries_total",
+        "wsgiproxy_tunnels_active",
+    } <= used
+    texts = [expr for _, expr in queries]
+    assert any("histogram_quantile(0.99" in e and "request_duration" in e for e in texts)
+    assert any("histogram_quantile" in e and "pool_wait" in e for e in texts)
+
+
+def test_dashboard_is_importable_grafana_json() -> None:
+    """The JSON Grafana imports: unique panel ids, every query panel on the data source
+    variable and filtered to the chosen job and instances, panels that do not overlap."""
+    board = json.loads(DASHBOARD.read_text())
+    assert board["uid"] == "wsgiproxy" and board["title"]
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(ids) == len(set(ids))
+    variables = {v["name"] for v in board["templating"]["list"]}
+    assert variables == {"datasource", "job", "instance"}
+    cells: set[tuple[int, int]] = set()
+    for panel in board["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        mine = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not mine & cells, f"{panel['title']!r} overlaps another panel"
+        cells |= mine
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert 'job="$job", instance=~"$instance"' in target["expr"], target["expr"]
 
 
 # -- A real scrape -----------------------------------------------------------------------------
@@ -418,3 +510,13 @@ def test_prometheus_counts_what_was_sent(
         assert query(port, 'sum(wsgiproxy_requests_total{job="wsgiproxy"})') == {"": total}
         firing = prometheus_api(port, "/api/v1/alerts")["alerts"]
         assert [a for a in firing if a["state"] == "firing"] == []
+
+        # Every dashboard query is PromQL this Prometheus accepts, and the first panel
+        # shows the three classes sent.
+        for where, expr in dashboard_queries():
+            try:
+                prometheus_api(port, "/api/v1/query", query=grafana_to_promql(expr))
+            except urllib.error.HTTPError as error:
+                raise AssertionError(f"{where}: {error.read().decode()}") from None
+        first = dashboard_queries()[0][1]
+        assert len(query(port, grafana_to_promql(first))) == 3, first

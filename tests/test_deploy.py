@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import urllib.error
@@ -28,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.client import gated, request
 from tests.support.ports import closed_port
 from tests.support.processes import ROOT, stop_process
-from tests.support.proxy import Proxy
+from tests.support.proxy import Proxy, start_gunicorn
 from tests.support.upstream_server import UpstreamServer
 from tests.support.wait import wait_until
 from wsgiproxy.metrics import Metrics
@@ -38,6 +40,7 @@ INSTALL = DEPLOY / "install-tools.sh"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
 DASHBOARD = DEPLOY / "grafana" / "wsgiproxy.json"
+UNIT = DEPLOY / "wsgiproxy.service"
 
 #: Installing a package may take minutes on a fresh machine.
 needs_install_time = pytest.mark.timeout(900)
@@ -163,6 +166,19 @@ def test_alert_rules_are_valid_and_pass_their_unit_tests() -> None:
     )
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
+
+
+@needs_install_time
+def test_example_prometheus_config_is_valid() -> None:
+    """deploy/prometheus/prometheus.yml, the one-Prometheus-over-all-instances config,
+    loads with its rule file."""
+    promtool = tool("promtool")
+    config = DEPLOY / "prometheus" / "prometheus.yml"
+    checked = subprocess.run(
+        [promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 6 rules found" in checked.stdout
 
 
 def test_alert_rules_read_only_metrics_the_proxy_exports() -> None:
@@ -520,3 +536,86 @@ def test_prometheus_counts_what_was_sent(
                 raise AssertionError(f"{where}: {error.read().decode()}") from None
         first = dashboard_queries()[0][1]
         assert len(query(port, grafana_to_promql(first))) == 3, first
+
+
+# -- The systemd unit --------------------------------------------------------------------------
+
+
+def unit_settings() -> dict[str, list[str]]:
+    """Each ``Key=value`` of the unit, in order, under its key (``Environment`` repeats)."""
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if line.strip() and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def unit_environment() -> dict[str, str]:
+    return dict(item.split("=", 1) for item in unit_settings()["Environment"])
+
+
+@needs_install_time
+def test_systemd_unit_verifies_clean(tmp_path: Path) -> None:
+    """`systemd-analyze verify` has nothing to say, the unit pointed at this checkout
+    (it checks that ExecStart's program exists). A warning (an unknown key) fails too."""
+    analyze = tool("systemd-analyze")
+    here = tmp_path / "wsgiproxy.service"
+    here.write_text(UNIT.read_text().replace("/opt/wsgiproxy", str(ROOT)))
+    if not (ROOT / ".venv" / "bin" / "gunicorn").exists():
+        pytest.fail("the unit runs .venv/bin/gunicorn: `make test` builds .venv")
+    result = subprocess.run(
+        [analyze, "verify", str(here)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
+        result.stdout + result.stderr
+    )
+
+
+def test_systemd_unit_reloads_with_hup_and_outwaits_the_graceful_stop() -> None:
+    """What the issue asks of the unit, read from the file itself."""
+    settings = unit_settings()
+    assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert settings["KillSignal"] == ["SIGTERM"]
+    # SIGTERM to the master only: it stops its workers gracefully itself.
+    assert settings["KillMode"] == ["mixed"]
+    graceful = float(unit_environment()["PROXY_GRACEFUL_TIMEOUT"])
+    assert float(settings["TimeoutStopSec"][0]) > graceful
+    assert settings["Type"] == ["notify"]
+    argv = settings["ExecStart"][0].split()
+    assert argv[0].endswith("/.venv/bin/gunicorn") and argv[-1] == "wsgiproxy.app:app"
+    assert argv[1:3] == ["-c", "gunicorn.conf.py"]
+
+
+def test_gunicorn_as_the_unit_runs_it_notifies_ready_and_survives_reload(
+    tmp_path: Path, upstream: UpstreamServer
+) -> None:
+    """Type=notify: gunicorn sends READY=1 on $NOTIFY_SOCKET. ExecReload: after SIGHUP
+    the master has new workers, serves throughout, and /_proxy/metrics still answers."""
+    notify_path = tmp_path / "notify"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(30)
+    env = {k: v for k, v in unit_environment().items() if k != "PROXY_BIND"}
+    proxy = start_gunicorn(
+        tmp_path, "gevent", 2, PROXY_UPSTREAM=upstream.url, NOTIFY_SOCKET=str(notify_path), **env
+    )
+    try:
+        assert b"READY=1" in notify.recv(4096)
+        assert proxy.proc is not None
+        before = {proxy.health()["pid"] for _ in range(20)}
+        assert request(proxy.port, "GET", "/echo").status == 200
+        os.kill(proxy.proc.pid, signal.SIGHUP)
+
+        def replaced() -> bool:
+            assert request(proxy.port, "GET", "/echo").status == 200
+            return not {proxy.health()["pid"] for _ in range(10)} & before
+
+        wait_until(replaced, 30, "the workers to be replaced after SIGHUP")
+        assert proxy.proc.poll() is None
+        reply = request(proxy.port, "GET", "/_proxy/metrics")
+        assert reply.status == 200 and b"wsgiproxy_requests_total" in reply.body
+    finally:
+        notify.close()
+        proxy.stop()
+    assert proxy.proc.returncode == 0, proxy.log()[-3000:]

@@ -56,7 +56,7 @@ class HealthMonitor:
         client: UpstreamClient,
         upstreams: Upstreams,
         metrics: Metrics,
-        tunnel_stats: Callable[[], dict[str, int]] | None = None,
+        tunnel_stats: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.tunnel_stats = tunnel_stats or dict
         self.client = client

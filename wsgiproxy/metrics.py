@@ -116,13 +116,20 @@ class Metrics:
         )
         self.tunnels = Gauge(
             "wsgiproxy_tunnels_active",
-            "CONNECT tunnels open now, summed over workers.",
+            "Tunnels open now, CONNECT and WebSocket together, summed over workers.",
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+        self.tunnels_open = Gauge(
+            "wsgiproxy_tunnels_open",
+            "Tunnels open now by kind (connect, websocket), summed over workers.",
+            ["kind"],
             multiprocess_mode="livesum",
             registry=reg,
         )
         self.tunnel_bytes = Counter(
             "wsgiproxy_tunnel_bytes",
-            "Bytes relayed through CONNECT tunnels (up: client to destination).",
+            "Bytes relayed through CONNECT tunnels and WebSockets (up: client to upstream).",
             ["direction"],
             registry=reg,
         )
@@ -212,7 +219,7 @@ class Metrics:
     def refresh(
         self,
         stats: dict[str, Any],
-        tunnels: dict[str, int] | None = None,
+        tunnels: dict[str, Any] | None = None,
         servers: list[tuple[str, str, bool, int]] | None = None,
     ) -> None:
         """Publish the request tallies; bring pool, tunnel and server figures up to a
@@ -231,9 +238,11 @@ class Metrics:
                     self.upstream_ejections.labels(route, server).inc(ejections - seen)
                     self._seen_ejections[(route, server)] = ejections
 
-    def _refresh(self, stats: dict[str, Any], tunnels: dict[str, int] | None) -> None:
+    def _refresh(self, stats: dict[str, Any], tunnels: dict[str, Any] | None) -> None:
         if tunnels:
             self.tunnels.set(tunnels.get("active", 0))
+            for kind, count in tunnels.get("open", {}).items():
+                self.tunnels_open.labels(kind).set(count)
             for key, direction in (("bytes_up", "up"), ("bytes_down", "down")):
                 delta = tunnels.get(key, 0) - self._seen_tunnel[key]
                 if delta > 0:

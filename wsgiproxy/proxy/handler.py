@@ -4,7 +4,9 @@ The proxying path, kept off Flask's routing so a proxied request costs only what
 must: route it to a server (or a forward destination), rewrite the headers a proxy owns,
 relay the body as it arrives, and stream the response back as the upstream sends it.
 Whether a failed exchange goes again is decided here, not in the client. Every
-``ProxyError`` becomes a one-line plain-text response with ``X-Proxy-Error``.
+``ProxyError`` becomes a one-line plain-text response with ``X-Proxy-Error``. ``CONNECT``
+and a WebSocket handshake the upstream accepts (101) end in a byte relay
+(``proxy/tunnel.py``, ``proxy/upgrade.py``) instead of a streamed response.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import errno
 import http.client
 import logging
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -32,8 +35,9 @@ from ..errors import (
 from ..metrics import Metrics
 from ..settings import BalancingSettings, RequestSettings
 from ..upstreams.server import Server
+from . import upgrade
 from .failover import IDEMPOTENT, Attempts, Failover
-from .headers import request_headers, response_head
+from .headers import request_headers, response_head, switching_head, wants_websocket
 from .responses import StartResponse, plain_response
 from .routing import Router, Target, raw_target
 from .tunnel import Tunnels
@@ -80,6 +84,7 @@ class Forwarder:
         self.in_flight[key] = started
         server: Server | None = None
         exchange: Exchange | None = None
+        upgraded: tuple[socket.socket, bytes, bytes, str] | None = None
         try:
             if method == "CONNECT":
                 upstream = self.tunnels.open(environ, raw)
@@ -88,8 +93,11 @@ class Forwarder:
                 finally:
                     self.done(key, method, 200, started)
             target = self.router.resolve(environ, raw)
+            websocket = wants_websocket(environ)
+            if websocket:
+                upgrade.require_client_socket(environ)
             body = self._request_body(environ)
-            headers = request_headers(environ, target.host_header)
+            headers = request_headers(environ, target.host_header, websocket=websocket)
             if target.group is not None:
                 attempts = Attempts()
                 try:
@@ -116,6 +124,17 @@ class Forwarder:
             )
             environ["wsgiproxy.conn"] = "reused" if exchange.reused else "new"
             status, response_headers = response_head(exchange.response)
+            if exchange.response.status == 101:
+                if not websocket:
+                    raise UpstreamProtocolError(
+                        f"upstream {format_origin(exchange.origin)} switched protocols "
+                        "unasked (101 to a request that offered no upgrade)",
+                        stage=SENT,
+                    )
+                head = switching_head(exchange.response)
+                sock, early = upgrade.detach(self.client, exchange)
+                exchange = None  # out of the pool: the relay owns its socket now
+                upgraded = (sock, early, head, status)
         except ProxyError as exc:
             level = logging.WARNING if exc.status >= 500 else logging.INFO
             log.log(level, "%s %s -> %d: %s", method, raw[:200], exc.status, exc.message)
@@ -130,8 +149,39 @@ class Forwarder:
             self._abandon(exchange, server, "internal-error")
             self.done(key, method, 500, started, "internal-error")
             raise
+        if upgraded is not None:
+            return self._relay(environ, start_response, upgraded, server, key, method, started)
+        assert exchange is not None
         start_response(status, response_headers)
         return ResponseBody(self, exchange, method, raw, key, started, server)
+
+    def _relay(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        upgraded: tuple[socket.socket, bytes, bytes, str],
+        server: Server | None,
+        key: int,
+        method: str,
+        started: float,
+    ) -> list[bytes]:
+        """Relay an upgraded connection until it ends; the request (and its server's
+        count of requests in flight, which ``least_conn`` weighs) lasts as long."""
+        sock, early, head, status = upgraded
+        try:
+            return self.tunnels.splice(
+                environ,
+                start_response,
+                sock,
+                kind=upgrade.KIND,
+                status=status,
+                head=head,
+                early_down=early,
+            )
+        finally:
+            if server is not None:
+                server.finished(None)
+            self.done(key, method, 101, started)
 
     def _abandon(self, exchange: Exchange | None, server: Server | None, error: str) -> None:
         """A request that failed after its exchange began: close it, end it on its server."""

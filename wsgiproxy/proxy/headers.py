@@ -2,8 +2,10 @@
 
 Toward the upstream: the client's headers less hop-by-hop ones, with ``Host``,
 ``X-Forwarded-*`` and ``Via`` written by this hop. Toward the client: the upstream's
-headers less hop-by-hop ones, ``Via`` extended. Pure functions of their inputs, so the
-rules are tested without a server.
+headers less hop-by-hop ones, ``Via`` extended. One exception both ways: a WebSocket
+handshake keeps ``Connection: Upgrade`` and ``Upgrade: websocket``, and its ``101`` keeps
+them too, since the upgrade is what both ends asked of each other through this hop
+(RFC 9110 7.8). Pure functions of their inputs, so the rules are tested without a server.
 """
 
 from __future__ import annotations
@@ -54,8 +56,34 @@ def _append(existing: str | None, value: str) -> str:
     return f"{existing}, {value}" if existing else value
 
 
-def request_headers(environ: dict[str, Any], host_header: str) -> dict[str, str]:
-    """Headers for the upstream: the client's, less hop-by-hop, plus this hop's own."""
+def wants_websocket(environ: dict[str, Any]) -> bool:
+    """Does this request ask to switch the connection to WebSocket (RFC 6455 4.1)?
+
+    A GET over HTTP/1.1 whose ``Connection`` lists ``upgrade`` and whose ``Upgrade``
+    offers ``websocket``. Anything else with an ``Upgrade`` header (``h2c``, ``TLS/1.2``,
+    a WebSocket offer on POST or HTTP/1.0) is proxied as a plain request, the header
+    dropped as hop-by-hop: this hop relays no protocol but WebSocket.
+    """
+    upgrade = environ.get("HTTP_UPGRADE")
+    if not upgrade or environ.get("REQUEST_METHOD") != "GET":
+        return False
+    if environ.get("SERVER_PROTOCOL") != "HTTP/1.1":
+        return False
+    if "upgrade" not in connection_tokens(environ.get("HTTP_CONNECTION")):
+        return False
+    return any(
+        token.strip().partition("/")[0].lower() == "websocket" for token in upgrade.split(",")
+    )
+
+
+def request_headers(
+    environ: dict[str, Any], host_header: str, *, websocket: bool = False
+) -> dict[str, str]:
+    """Headers for the upstream: the client's, less hop-by-hop, plus this hop's own.
+
+    ``websocket`` (``wants_websocket`` said yes): ``Connection: Upgrade`` and ``Upgrade:
+    websocket`` go too, the only hop-by-hop headers ever forwarded.
+    """
     dropped = connection_tokens(environ.get("HTTP_CONNECTION"))
     headers: dict[str, str] = {"Host": host_header}
     for key, value in environ.items():
@@ -77,6 +105,9 @@ def request_headers(environ: dict[str, Any], host_header: str) -> dict[str, str]
         headers["X-Forwarded-Host"] = environ["HTTP_HOST"]
     version = environ.get("SERVER_PROTOCOL", "HTTP/1.1").partition("/")[2] or "1.1"
     headers["Via"] = _append(environ.get("HTTP_VIA"), f"{version} {VIA}")
+    if websocket:
+        headers["Connection"] = "Upgrade"
+        headers["Upgrade"] = "websocket"
     return headers
 
 
@@ -105,3 +136,18 @@ def response_head(response: UpstreamResponse) -> tuple[str, list[tuple[str, str]
         HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Unknown"
     )
     return f"{status} {reason}", headers
+
+
+def switching_head(response: UpstreamResponse) -> bytes:
+    """The ``101 Switching Protocols`` head for the client, written to its socket as is.
+
+    The upstream's headers less hop-by-hop ones, ``Via`` extended (as ``response_head``),
+    plus the two an upgrade needs: ``Connection: Upgrade`` and the upstream's ``Upgrade``
+    (the protocol it switched to). The client reads frames right after this head, so it is
+    complete and nothing else (no ``Date``, no ``Server``) is added.
+    """
+    status, headers = response_head(response)
+    upgrade = response.headers.get("upgrade") or "websocket"
+    lines = [f"HTTP/1.1 {status}", "Connection: Upgrade", f"Upgrade: {upgrade}"]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")

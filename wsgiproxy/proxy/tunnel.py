@@ -1,17 +1,18 @@
-"""``CONNECT host:port`` tunnels: what ``curl -x http://proxy https://site`` sends.
+"""Long-lived byte relays: ``CONNECT`` tunnels and upgraded (WebSocket) connections.
 
-WSGI has no notion of a tunnel, so this takes the client socket gunicorn hands over
-(``server.gunicorn.client_socket``), writes ``200 Connection Established`` itself, and relays
-bytes both ways until both sides are done or the tunnel sits idle for
-``PROXY_TUNNEL_IDLE_TIMEOUT``. gunicorn is told the response is already sent (nothing else is
-ever written to the client after the tunnel starts) and closes the connection after, as
-it does for every CONNECT. Servers without such a socket (the ``flask run`` dev server)
-get 501.
+WSGI has no notion of a tunnel, so a relay takes the client socket gunicorn hands over
+(``server.gunicorn.client_socket``), writes the response head itself (``200 Connection
+Established`` for CONNECT, the upstream's ``101`` for an upgrade), and relays bytes both
+ways until both sides are done, either side resets, or nothing moves for
+``PROXY_TUNNEL_IDLE_TIMEOUT``. gunicorn is told the response is already sent (nothing else
+is ever written to the client after the relay starts) and closes the connection after.
+Servers without such a socket (the ``flask run`` dev server) get 501.
 
-Tunnels obey the forward proxy's rules (``PROXY_FORWARD``, ``PROXY_ALLOW_CLIENTS``,
-``PROXY_AUTH_FILE``, ``PROXY_ALLOW_HOSTS``, the private-address guard) plus
-``PROXY_CONNECT_PORTS``. Under gthread a tunnel holds one thread; under gevent one
-greenlet. The sync worker cannot serve tunnels longer than gunicorn's timeout.
+``CONNECT`` tunnels obey the forward proxy's rules (``PROXY_FORWARD``,
+``PROXY_ALLOW_CLIENTS``, ``PROXY_AUTH_FILE``, ``PROXY_ALLOW_HOSTS``, the private-address
+guard) plus ``PROXY_CONNECT_PORTS``; upgrades are checked by the router like any request
+(``proxy/upgrade.py``). Under gthread a relay holds one thread; under gevent one greenlet.
+The sync worker cannot serve relays longer than gunicorn's timeout.
 """
 
 from __future__ import annotations
@@ -34,28 +35,43 @@ from .routing import split_authority
 log = logging.getLogger(__name__)
 
 ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
+#: The kinds of relay, as health (``tunnels.open``) and metrics (``kind``) name them.
+KINDS = ("connect", "websocket")
+#: Errors that mean a peer went away: the relay's normal end, not worth a log line.
+_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
 
 
 class Tunnels:
-    """Opens and relays CONNECT tunnels; keeps the figures health and metrics show."""
+    """Opens CONNECT tunnels and runs every relay (CONNECT and upgrades); keeps the
+    figures health and metrics show."""
 
     def __init__(self, policy: ForwardPolicy, timeouts: Timeouts, guard: ForwardGuard) -> None:
         self.connect_ports = policy.connect_ports
         self.timeouts = timeouts
         self.guard = guard
         self._lock = threading.Lock()
-        self.active = 0
+        #: Relays open now, by kind.
+        self.open_by_kind = dict.fromkeys(KINDS, 0)
         self.opened = 0
         self.bytes_up = 0
         self.bytes_down = 0
 
-    def stats(self) -> dict[str, int]:
-        return {
-            "active": self.active,
-            "opened": self.opened,
-            "bytes_up": self.bytes_up,
-            "bytes_down": self.bytes_down,
-        }
+    @property
+    def active(self) -> int:
+        """Relays open now, all kinds together."""
+        return sum(self.open_by_kind.values())
+
+    def stats(self) -> dict[str, Any]:
+        """The figures of ``/_proxy/health`` ``tunnels``: ``open`` by kind, plus the totals
+        (``active``, ``opened``, bytes each way) of all kinds together."""
+        with self._lock:
+            return {
+                "active": self.active,
+                "open": dict(self.open_by_kind),
+                "opened": self.opened,
+                "bytes_up": self.bytes_up,
+                "bytes_down": self.bytes_down,
+            }
 
     def open(self, environ: dict[str, Any], raw: str) -> socket.socket:
         """Check a CONNECT request and connect to its destination.
@@ -92,12 +108,41 @@ class Tunnels:
     def relay(
         self, environ: dict[str, Any], start_response: Any, upstream: socket.socket
     ) -> list[bytes]:
-        """Answer 200 and relay until both sides are done; return what WSGI expects."""
+        """A CONNECT tunnel: answer 200 and relay until both sides are done."""
+        return self.splice(
+            environ,
+            start_response,
+            upstream,
+            kind="connect",
+            status="200 Connection Established",
+            head=ESTABLISHED,
+        )
+
+    def splice(
+        self,
+        environ: dict[str, Any],
+        start_response: Any,
+        upstream: socket.socket,
+        *,
+        kind: str,
+        status: str,
+        head: bytes,
+        early_down: bytes = b"",
+    ) -> list[bytes]:
+        """Write ``head`` to the client, then relay until the relay ends; return what WSGI
+        expects. ``upstream`` is closed when it ends, whatever ends it.
+
+        Bytes already read past the heads go first: the client's (gunicorn's read-ahead,
+        e.g. a TLS hello or a WebSocket frame sent without waiting for the answer) to the
+        upstream, ``early_down`` (what the upstream sent behind its 101, already in the
+        response parser's buffer) to the client. Without them a peer that speaks first
+        would wait forever for bytes the proxy holds.
+        """
         client = client_socket(environ)
-        assert client is not None  # open() refused servers without one
-        response = take_over_response(start_response, "200 Connection Established")
+        assert client is not None  # callers refuse servers without one (501)
+        response = take_over_response(start_response, status)
         with self._lock:
-            self.active += 1
+            self.open_by_kind[kind] += 1
             self.opened += 1
         up = down = 0
         idle = self.timeouts.tunnel_idle
@@ -106,23 +151,26 @@ class Tunnels:
             # cannot pin this thread (or greenlet) forever.
             client.settimeout(idle)
             upstream.settimeout(idle)
-            client.sendall(ESTABLISHED)
+            client.sendall(head + early_down)
+            down += len(early_down)
             pending = pending_client_bytes(environ)
             if pending:
                 upstream.sendall(pending)
                 up += len(pending)
-            up, down = self._pump(client, upstream, up)
+            up, down = self._pump(client, upstream, up, down)
         except TimeoutError:
             log.info(
-                "tunnel peer stopped reading for %.0fs (PROXY_TUNNEL_IDLE_TIMEOUT): closing", idle
+                "%s relay peer stopped reading for %.0fs (PROXY_TUNNEL_IDLE_TIMEOUT): closing",
+                kind,
+                idle,
             )
         except OSError as exc:
-            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
-                log.info("tunnel ended on %s", exc)
+            if exc.errno not in _GONE:
+                log.info("%s relay ended on %s", kind, exc)
         finally:
             upstream.close()
             with self._lock:
-                self.active -= 1
+                self.open_by_kind[kind] -= 1
                 self.bytes_up += up
                 self.bytes_down += down
             if response is not None:
@@ -131,11 +179,18 @@ class Tunnels:
                 client.shutdown(socket.SHUT_RDWR)
         return []
 
-    def _pump(self, client: socket.socket, upstream: socket.socket, up: int) -> tuple[int, int]:
+    def _pump(
+        self, client: socket.socket, upstream: socket.socket, up: int, down: int
+    ) -> tuple[int, int]:
         """Copy bytes both ways. A side that closes has its half passed on (shutdown of
-        the write side); the tunnel ends when both halves are closed, when either side
-        resets, or after ``PROXY_TUNNEL_IDLE_TIMEOUT`` with no byte either way."""
-        down = 0
+        the write side); the relay ends when both halves are closed, when either side
+        resets, or after ``PROXY_TUNNEL_IDLE_TIMEOUT`` with no byte either way.
+
+        A TLS side (an upgrade to an ``https://`` upstream) can hold decrypted bytes the
+        selector cannot see: they are drained before waiting again. It cannot be
+        half-closed (``SSLSocket.shutdown`` drops TLS and would relay ciphertext), so the
+        other side's end ends the whole relay.
+        """
         idle = self.timeouts.tunnel_idle
         peers = {client: upstream, upstream: client}
         open_reads = {client, upstream}
@@ -145,23 +200,36 @@ class Tunnels:
             while open_reads:
                 ready = selector.select(idle)
                 if not ready:
-                    log.info("tunnel idle for %.0fs (PROXY_TUNNEL_IDLE_TIMEOUT): closing it", idle)
+                    log.info("relay idle for %.0fs (PROXY_TUNNEL_IDLE_TIMEOUT): closing it", idle)
                     break
                 for key, _ in ready:
                     source: socket.socket = key.fileobj  # type: ignore[assignment]
-                    data = source.recv(BLOCK)
+                    if source not in open_reads:
+                        continue  # ended by the other side's end in this round
                     target = peers[source]
+                    data = source.recv(BLOCK)
                     if not data:
                         selector.unregister(source)
                         open_reads.discard(source)
+                        if hasattr(target, "pending"):
+                            open_reads.clear()  # TLS: no half-close (see above)
+                            continue
                         try:
                             target.shutdown(socket.SHUT_WR)
                         except OSError:
                             open_reads.clear()
                         continue
-                    target.sendall(data)
-                    if source is client:
-                        up += len(data)
-                    else:
-                        down += len(data)
+                    while data:
+                        target.sendall(data)
+                        if source is client:
+                            up += len(data)
+                        else:
+                            down += len(data)
+                        data = source.recv(BLOCK) if tls_pending(source) else b""
         return up, down
+
+
+def tls_pending(sock: socket.socket) -> bool:
+    """True when a TLS socket holds decrypted bytes already (select() would not say)."""
+    pending = getattr(sock, "pending", None)
+    return pending is not None and bool(pending())

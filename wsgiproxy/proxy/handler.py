@@ -26,10 +26,12 @@ from ..client.exchange import Exchange, Outgoing, UpstreamClient
 from ..client.http1 import request_framing
 from ..errors import (
     RESPONDING,
+    SENT,
     ProxyError,
     StaleConnection,
     UpstreamAborted,
     UpstreamError,
+    UpstreamProtocolError,
     UpstreamTimeout,
 )
 from ..metrics import Metrics

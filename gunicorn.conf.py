@@ -104,31 +104,60 @@ access_log_format = (
 def on_starting(server):  # type: ignore[no-untyped-def]
     """In the master, before any worker exists: stop with one line (status 2) on a
     gunicorn that wsgiproxy/server/gunicorn.py was not verified with. Each worker checks
-    again, but several failing at once make gunicorn print a traceback as it halts."""
-    from wsgiproxy.server.gunicorn import check_gunicorn_in_master
+    again, but several failing at once make gunicorn print a traceback as it halts.
+    Then make a reload (HUP) stop the old workers only once the new ones serve."""
+    from wsgiproxy.server.gunicorn import check_gunicorn_in_master, install_in_master
 
     try:
         check_gunicorn_in_master(server)
     except SystemExit:
         on_exit(server)  # gunicorn calls on_exit only once it has started
         raise
+    install_in_master()
+
+
+def _proxy_state(worker):  # type: ignore[no-untyped-def]
+    """The worker's app state (``app.extensions["wsgiproxy"]``), None before it loaded."""
+    app = getattr(worker, "wsgi", None)
+    return getattr(app, "extensions", {}).get("wsgiproxy") if app is not None else None
+
+
+def _close_tunnels(worker):  # type: ignore[no-untyped-def]
+    """Close the worker's CONNECT tunnels: they relay until idle, so a stopping worker
+    would otherwise wait for them past its graceful deadline."""
+    state = _proxy_state(worker)
+    if state is not None:
+        state.forwarder.tunnels.close_all()
 
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
     """In each worker, once gevent has patched and the app has loaded: check that this
     gunicorn is the one wsgiproxy/server/gunicorn.py was verified with (another stops the
-    server with one line), then put its response writer, accept batching and one-line
-    400s for gunicorn's parse refusals in place."""
+    server with one line), then put its response writer, accept batching, one-line 400s
+    for gunicorn's parse refusals and lossless stopping in place. Tunnels are closed just
+    before the graceful deadline of a stopping worker."""
     from wsgiproxy.server.gunicorn import install
 
-    install()
+    install(worker, on_stop_deadline=lambda: _close_tunnels(worker))
+
+
+def worker_int(worker):  # type: ignore[no-untyped-def]
+    """INT or QUIT (a quick stop): close tunnels now, or a gthread worker's exit would
+    wait for their threads until they go idle."""
+    _close_tunnels(worker)
+
+
+def worker_abort(worker):  # type: ignore[no-untyped-def]
+    """ABRT (the heartbeat timeout): as ``worker_int``."""
+    _close_tunnels(worker)
 
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
-    """Stop the worker's health thread and close its idle upstream connections."""
-    app = getattr(worker, "wsgi", None)
-    state = getattr(app, "extensions", {}).get("wsgiproxy") if app is not None else None
+    """Close the worker's tunnels, stop its health thread and close its idle upstream
+    connections."""
+    state = _proxy_state(worker)
     if state is not None:
+        state.forwarder.tunnels.close_all()
         state.close()
 
 

@@ -35,7 +35,8 @@ class ProxyState:
         self.monitor.stop()
         self.metrics.publish()
         self.client.close()
-        self.upstreams.close()
+        # The shared upstream table stays mapped: under gthread, request threads may still
+        # be finishing and counting on it; the mapping goes with the process.
 
     def leaks(self) -> dict[str, Any]:
         """Connections held past their request: a lease is taken after its request

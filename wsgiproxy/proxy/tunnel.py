@@ -55,6 +55,17 @@ class Tunnels:
         self.opened = 0
         self.bytes_up = 0
         self.bytes_down = 0
+        self._open: set[tuple[socket.socket, socket.socket]] = set()
+
+    def close_all(self) -> None:
+        """End every open tunnel now (the worker is stopping): both sockets are shut
+        down, which wakes the relay, which then closes them."""
+        with self._lock:
+            pairs = list(self._open)
+        for pair in pairs:
+            for sock in pair:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     @property
     def active(self) -> int:
@@ -144,6 +155,7 @@ class Tunnels:
         with self._lock:
             self.open_by_kind[kind] += 1
             self.opened += 1
+            self._open.add((client, upstream))
         up = down = 0
         idle = self.timeouts.tunnel_idle
         try:
@@ -171,6 +183,7 @@ class Tunnels:
             upstream.close()
             with self._lock:
                 self.open_by_kind[kind] -= 1
+                self._open.discard((client, upstream))
                 self.bytes_up += up
                 self.bytes_down += down
             if response is not None:

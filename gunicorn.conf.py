@@ -92,7 +92,8 @@ access_log_format = (
     '%(h)s "%(r)s" %(s)s %(b)s %(M)sms upstream=%({wsgiproxy.upstream_ms}e)sms '
     "pool_wait=%({wsgiproxy.pool_wait_ms}e)sms conn=%({wsgiproxy.conn}e)s "
     "upstream_addr=%({wsgiproxy.upstream_addr}e)s "
-    'upstream_status=%({wsgiproxy.upstream_status}e)s "%(a)s"'
+    "upstream_status=%({wsgiproxy.upstream_status}e)s "
+    'request_id=%({wsgiproxy.request_id}e)s "%(a)s"'
 )
 
 

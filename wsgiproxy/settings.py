@@ -86,6 +86,8 @@ class RequestSettings:
     preserve_host: bool
     max_body: int
     admin_prefix: str
+    #: Give each request an X-Request-ID (PROXY_REQUEST_ID).
+    request_id: bool
 
     def server_count(self) -> int:
         """Servers of every group: the rows of the table the workers share."""
@@ -227,6 +229,7 @@ class Settings:
                 preserve_host=env.get("PROXY_PRESERVE_HOST", values.flag, False),
                 max_body=env.get("PROXY_MAX_BODY", values.non_negative_int, 0),
                 admin_prefix=env.get("PROXY_ADMIN_PREFIX", values.admin_prefix, "/_proxy"),
+                request_id=env.get("PROXY_REQUEST_ID", values.flag, True),
             ),
             balancing=_balancing(env),
             forward=ForwardPolicy(

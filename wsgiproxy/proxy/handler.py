@@ -37,7 +37,7 @@ from ..errors import (
 from ..metrics import Metrics
 from ..settings import BalancingSettings, RequestSettings
 from ..upstreams.server import Server
-from . import upgrade
+from . import request_id, upgrade
 from .failover import IDEMPOTENT, Attempts, Failover
 from .headers import request_headers, response_head, switching_head, wants_websocket
 from .responses import StartResponse, plain_response
@@ -66,6 +66,7 @@ class Forwarder:
         tunnels: Tunnels,
     ) -> None:
         self.max_body = requests.max_body
+        self.request_ids = requests.request_id
         self.preserve_host = requests.preserve_host
         self.client = client
         self.metrics = metrics
@@ -87,6 +88,7 @@ class Forwarder:
         server: Server | None = None
         exchange: Exchange | None = None
         upgraded: tuple[socket.socket, bytes, bytes, str] | None = None
+        rid = request_id.assign(environ) if self.request_ids else None
         try:
             if method == "CONNECT":
                 upstream = self.tunnels.open(environ, raw)
@@ -100,6 +102,8 @@ class Forwarder:
                 upgrade.require_client_socket(environ)
             body = self._request_body(environ)
             headers = request_headers(environ, target.host_header, websocket=websocket)
+            if rid is not None:
+                headers["X-Request-Id"] = rid
             if target.group is not None:
                 attempts = Attempts()
                 try:
@@ -126,6 +130,12 @@ class Forwarder:
             )
             environ["wsgiproxy.conn"] = "reused" if exchange.reused else "new"
             status, response_headers = response_head(exchange.response)
+            if rid is not None:
+                if "x-request-id" in exchange.response.headers.index:
+                    response_headers = [
+                        h for h in response_headers if h[0].lower() != "x-request-id"
+                    ]
+                response_headers.append(("X-Request-ID", rid))
             if exchange.response.status == 101:
                 if not websocket:
                     raise UpstreamProtocolError(
@@ -142,8 +152,16 @@ class Forwarder:
             log.log(level, "%s %s -> %d: %s", method, raw[:200], exc.status, exc.message)
             self._abandon(exchange, server, exc.kind)
             self.done(key, method, exc.status, started, exc.kind)
+            if rid is None:
+                return plain_response(
+                    start_response, exc.status, exc.message, kind=exc.kind, headers=exc.headers
+                )
             return plain_response(
-                start_response, exc.status, exc.message, kind=exc.kind, headers=exc.headers
+                start_response,
+                exc.status,
+                f"{exc.message} (request id {rid})",
+                kind=exc.kind,
+                headers=[*exc.headers, ("X-Request-ID", rid)],
             )
         except BaseException:
             # Anything else (a closed pool at shutdown, GreenletExit): the request is over

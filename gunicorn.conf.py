@@ -17,7 +17,6 @@ built when each worker imports the app, which under the gevent worker happens af
 """
 
 from wsgiproxy import master as _master
-from wsgiproxy.upstreams import shared as _shared
 
 # Validated settings (exit 2 at start on a bad one; the previous ones on a refused reload).
 _generation = _master.MASTER.load()
@@ -31,8 +30,8 @@ _settings = _generation.settings
 # -- Upstream state across workers -----------------------------------------------------
 # Ejections and requests in flight per upstream server are shared by every worker through
 # one small mapped file (wsgiproxy/upstreams/shared.py), made before any fork, handed down
-# in the environment, and made anew by a reload that changes the servers.
-_state_file = _generation.state_file
+# in the environment (WSGIPROXY_SHARED_STATE), and made anew by a reload that changes the
+# servers; MASTER.worker_exited (child_exit) and MASTER.reloading (on_reload) manage it.
 
 # -- Server socket ---------------------------------------------------------------------
 bind = [_settings.server.bind]
@@ -121,7 +120,14 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
-    _shared.forget(_state_file, worker.pid)
+    _master.MASTER.worker_exited(worker.pid)
+
+
+def on_reload(server):  # type: ignore[no-untyped-def]
+    """In the master, on HUP, after this file was read again and before the new workers
+    are forked: the workers running now may still use a state file the reload replaced,
+    which is removed once they have all exited."""
+    _master.MASTER.reloading(list(server.WORKERS))
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]

@@ -117,12 +117,48 @@ def test_hup_sends_new_requests_to_the_rewritten_upstream(
     write_config(config, PROXY_UPSTREAM=b, PROXY_ROUTES=f"/only-b={b}")
     assert proxy.proc is not None
     proxy.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: reaches(proxy, "/echo/b"), 15.0, "requests to reach upstream B")
-    # The new workers see the new route and a shared state table sized for two servers.
-    routes = proxy.health()["upstreams"]
-    assert sorted(routes) == ["/", "/only-b"]
+
+    def switched() -> bool:
+        # An old worker may answer for a moment after the new ones started: wait until
+        # a request reaches B and health shows the new route, the new workers mapping a
+        # shared state table sized for two servers.
+        try:
+            routes = sorted(proxy.health()["upstreams"])
+        except OSError:
+            return False
+        return routes == ["/", "/only-b"] and reaches(proxy, "/echo/b")
+
+    wait_until(switched, 15.0, "requests to reach upstream B and the new route")
     assert "configuration reloaded (2 routes, 2 servers)" in proxy.log()
     assert REFUSED not in proxy.log()
+
+
+def test_hup_while_workers_boot_changes_servers_safely(
+    proxies: Callable[..., Proxy], tmp_path: Path, two_upstreams: tuple[str, str]
+) -> None:
+    """Two reloads in a row that change the servers would remove the shared state file
+    under workers still booting: they fail to boot, and gunicorn halts the master."""
+    a, b = two_upstreams
+    config = tmp_path / "proxy.toml"
+    write_config(config, PROXY_UPSTREAM=a)
+    proxy = proxies("gevent", workers=2, PROXY_CONFIG=str(config))
+    assert proxy.proc is not None
+    write_config(config, PROXY_UPSTREAM=b, PROXY_ROUTES=f"/first={a}")
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in proxy.log(), 10.0, "the first reload")
+    write_config(config, PROXY_UPSTREAM=b, PROXY_ROUTES=f"/second={a},/third={b}")
+    proxy.proc.send_signal(signal.SIGHUP)
+
+    def settled() -> bool:
+        try:
+            routes = sorted(proxy.health()["upstreams"])
+        except OSError:
+            return False
+        return routes == ["/", "/second", "/third"] and reaches(proxy, "/echo/b")
+
+    wait_until(settled, 15.0, "the second configuration to serve")
+    assert proxy.proc.poll() is None
+    assert "Exception in worker process" not in proxy.log()
 
 
 @pytest.mark.xfail(

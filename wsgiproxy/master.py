@@ -14,9 +14,12 @@ resulting settings and environment. This module is imported once per master proc
 - Workers read the validated values from SNAPSHOT_ENV (``settings.load_settings``), never
   the file: a file rewritten after validation cannot reach them.
 - The shared upstream-state file is sized by the servers: a reload that changes the
-  servers (or the worker slots) makes a new one for the new workers and unlinks the old
-  one, which the old workers keep mapped until they exit. Unchanged, it is kept, with
-  its ejections.
+  servers (or the worker slots) makes a new one for the new workers. The old one is
+  removed once every worker that may use it has exited (``reloading`` notes them,
+  ``worker_exited`` counts them down), not at once: a worker forked just before the HUP
+  may still be importing the app and about to open it (it would fail to boot, and
+  gunicorn halts the master when a worker fails to boot). Unchanged, the file is kept,
+  with its ejections.
 - The prometheus_client multiprocess directory is emptied at start only: on a reload it
   holds the live workers' files.
 
@@ -33,7 +36,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import MutableMapping
+from collections.abc import Collection, MutableMapping
 from dataclasses import dataclass
 
 from .settings import SNAPSHOT_ENV, ConfigError, Effective, Settings, read_environment
@@ -87,6 +90,10 @@ class Master:
     def __init__(self, environ: MutableMapping[str, str] | None = None) -> None:
         self.environ: MutableMapping[str, str] = os.environ if environ is None else environ
         self.current: Generation | None = None
+        # State files this reload replaced, until ``reloading`` learns their workers.
+        self._retiring: list[str] = []
+        # Replaced state files -> workers that may still open or use them.
+        self._retired: dict[str, set[int]] = {}
 
     def load(self) -> Generation:
         """Validate the environment and PROXY_CONFIG and make them the workers' settings.
@@ -133,10 +140,7 @@ class Master:
         state_file = previous.state_file
         if _layout(effective.settings) != previous.layout:
             state_file = _new_state_file(effective.settings)
-            # The old workers keep their mapping until they exit; nobody opens it again
-            # (child_exit forgets in the current file, and forget tolerates a missing one).
-            with contextlib.suppress(OSError):
-                os.remove(previous.state_file)
+            self._retiring.append(previous.state_file)
         return self._publish(
             dataclasses.replace(
                 previous,
@@ -172,9 +176,38 @@ class Master:
         self.environ[_OWN_METRICS_ENV] = made
         return made, True
 
+    def reloading(self, old_workers: Collection[int]) -> None:
+        """gunicorn's ``on_reload``: the new configuration is in place and the new workers
+        are about to be forked; ``old_workers`` (the pids running now) are the ones that
+        may still use a state file this reload replaced."""
+        for path in self._retiring:
+            self._retired[path] = set(old_workers)
+        self._retiring.clear()
+        self._remove_unused()
+
+    def worker_exited(self, pid: int) -> None:
+        """gunicorn's ``child_exit``: the worker's counts leave the shared sums, and a
+        replaced state file goes once its last worker has exited."""
+        if self.current is not None:
+            shared.forget(self.current.state_file, pid)
+        for pids in self._retired.values():
+            pids.discard(pid)
+        self._remove_unused()
+
+    def _remove_unused(self) -> None:
+        for path in [path for path, pids in self._retired.items() if not pids]:
+            del self._retired[path]
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
     def close(self) -> None:
-        """At the master's exit: remove the state file, and the metrics directory if
+        """At the master's exit: remove the state files, and the metrics directory if
         this master made it."""
+        for path in [*self._retiring, *self._retired]:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        self._retiring.clear()
+        self._retired.clear()
         if self.current is None:
             return
         if self.current.own_metrics_dir:

@@ -1,55 +1,37 @@
-"""gunicorn settings for wsgiproxy, all from the environment (see README).
+"""gunicorn settings for wsgiproxy, from the environment and PROXY_CONFIG (see README).
 
     gunicorn -c gunicorn.conf.py wsgiproxy.app:app
 
-This file runs in the gunicorn master. It validates the whole environment first: a bad
-value prints one line naming the variable and stops start-up with status 2, before any
-worker exists (a worker failing at boot would be respawned in a loop). It imports only
-``wsgiproxy.settings`` (stdlib), under an underscore name, because gunicorn applies every
-top-level name that matches one of its settings; nothing here opens a socket or starts a
-thread. The pool and its threads are built when each worker imports the app, which under
-the gevent worker happens after ``monkey.patch_all()``: never set ``preload_app``.
+This file runs in the gunicorn master, at start and again on every ``kill -HUP``. It
+validates the environment and the PROXY_CONFIG file first (wsgiproxy/master.py): at start
+a bad value prints one line naming the variable and stops start-up with status 2, before
+any worker exists (a worker failing at boot would be respawned in a loop); on a reload a
+bad file is refused with one log line and everything below is built from the previous
+configuration, so the master keeps serving with it. The workers get the validated values,
+the shared upstream-state file and the metrics directory through the environment they
+inherit. It imports only ``wsgiproxy.master`` (stdlib and ``wsgiproxy.settings``), under an
+underscore name, because gunicorn applies every top-level name that matches one of its
+settings; nothing here opens a socket or starts a thread. The pool and its threads are
+built when each worker imports the app, which under the gevent worker happens after
+``monkey.patch_all()``: never set ``preload_app``.
 """
 
-import contextlib as _contextlib
-import glob as _glob
-import os as _os
-import shutil as _shutil
-import tempfile as _tempfile
+from wsgiproxy import master as _master
 
-from wsgiproxy.settings import load_settings as _load_settings
-from wsgiproxy.upstreams import shared as _shared
-
-_settings = _load_settings()
+# Validated settings (exit 2 at start on a bad one; the previous ones on a refused reload).
+_generation = _master.MASTER.load()
+_settings = _generation.settings
 
 # -- Metrics across workers ------------------------------------------------------------
 # prometheus_client's multiprocess mode: each worker writes its figures under this
-# directory and /_proxy/metrics sums them. It must be set before any worker imports
-# prometheus_client, so it is set here, in the master, and inherited. Stale files from an
-# earlier run would be summed in: start from an empty directory.
-_metrics_dir = _os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-_own_metrics_dir = not _metrics_dir
-if _own_metrics_dir:
-    _metrics_dir = _tempfile.mkdtemp(prefix="wsgiproxy-metrics-")
-    _os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
-else:
-    _os.makedirs(_metrics_dir, exist_ok=True)
-    for _stale in _glob.glob(_os.path.join(_metrics_dir, "*.db")):
-        _os.remove(_stale)
+# directory (PROMETHEUS_MULTIPROC_DIR, made or emptied at start, kept across reloads) and
+# /_proxy/metrics sums them. The master sets it up in MASTER.load() above.
 
 # -- Upstream state across workers -----------------------------------------------------
 # Ejections and requests in flight per upstream server are shared by every worker through
-# one small mapped file (wsgiproxy/upstreams/shared.py), made here, before any fork, and
-# handed down in the environment. Workers replaced later (max requests, a crash, a
-# reload) take a free slot of their own: room for four generations of workers.
-_state_fd, _state_file = _tempfile.mkstemp(prefix="wsgiproxy-upstreams-")
-_os.close(_state_fd)
-_shared.create(
-    _state_file,
-    servers=_settings.requests.server_count(),
-    slots=4 * _settings.server.workers + 4,
-)
-_os.environ[_shared.ENV] = _state_file
+# one small mapped file (wsgiproxy/upstreams/shared.py), made before any fork, handed down
+# in the environment (WSGIPROXY_SHARED_STATE), and made anew by a reload that changes the
+# servers; MASTER.worker_exited (child_exit) and MASTER.reloading (on_reload) manage it.
 
 # -- Server socket ---------------------------------------------------------------------
 bind = [_settings.server.bind]
@@ -168,12 +150,16 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
-    _shared.forget(_state_file, worker.pid)
+    _master.MASTER.worker_exited(worker.pid)
+
+
+def on_reload(server):  # type: ignore[no-untyped-def]
+    """In the master, on HUP, after this file was read again and before the new workers
+    are forked: the workers running now may still use a state file the reload replaced,
+    which is removed once they have all exited."""
+    _master.MASTER.reloading(list(server.WORKERS))
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]
-    """Remove the metrics directory and the upstream state file this file made."""
-    if _own_metrics_dir and _metrics_dir:
-        _shutil.rmtree(_metrics_dir, ignore_errors=True)
-    with _contextlib.suppress(OSError):
-        _os.remove(_state_file)
+    """Remove the metrics directory (if the master made it) and the upstream state file."""
+    _master.MASTER.close()

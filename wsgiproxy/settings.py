@@ -10,24 +10,35 @@ Each component is handed the part it reads (``settings.timeouts``, ``settings.fo
 ...), so a reader sees what each depends on. ``from_env`` runs every variable's parser
 (``values``) and collects every problem before raising, so an operator fixes a bad
 environment in one go; each problem is one line ``NAME='value': what is allowed``.
+
+PROXY_CONFIG (``config_file``) may name a TOML file that supplies values beneath the
+environment's; a bad value from it is reported as ``PROXY_CONFIG='path': NAME='value': ...``.
+The gunicorn master validates both and hands its workers the result as a snapshot
+(``Effective.snapshot``, in WSGIPROXY_EFFECTIVE_CONFIG), so a worker never reads a file
+that was not validated, and a file rewritten badly before a reload cannot reach one.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from . import server_lists, values
+from . import config_file, server_lists, values
 from .addresses import Networks, in_networks
+from .config_file import Kind
 from .server_lists import Route, ServerSpec
 from .values import HostPatterns
 
 __all__ = [
+    "SNAPSHOT_ENV",
+    "VARIABLES",
     "BalancingSettings",
     "ConfigError",
+    "Effective",
     "ForwardPolicy",
     "HealthSettings",
     "PoolSettings",
@@ -37,6 +48,7 @@ __all__ = [
     "TLSSettings",
     "Timeouts",
     "load_settings",
+    "read_environment",
 ]
 
 _T = TypeVar("_T")
@@ -44,6 +56,53 @@ _T = TypeVar("_T")
 _WORKER_CLASSES = ("gevent", "gthread", "sync")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _BALANCERS = ("round_robin", "least_conn")
+
+#: Every variable ``Settings.from_env`` reads, with the TOML types PROXY_CONFIG may give
+#: it besides a string (tests check that from_env reads exactly these).
+VARIABLES: dict[str, Kind] = {
+    "PROXY_BIND": Kind.TEXT,
+    "PROXY_WORKERS": Kind.INT,
+    "PROXY_WORKER_CLASS": Kind.TEXT,
+    "PROXY_WORKER_CONNECTIONS": Kind.INT,
+    "PROXY_THREADS": Kind.INT,
+    "PROXY_LOG_LEVEL": Kind.TEXT,
+    "PROXY_ACCESS_LOG": Kind.TEXT,
+    "PROXY_GRACEFUL_TIMEOUT": Kind.NUMBER,
+    "PROXY_MAX_REQUESTS": Kind.INT,
+    "PROXY_UPSTREAM": Kind.TEXT,
+    "PROXY_ROUTES": Kind.TEXT,
+    "PROXY_PRESERVE_HOST": Kind.FLAG,
+    "PROXY_REQUEST_ID": Kind.FLAG,
+    "PROXY_MAX_BODY": Kind.INT,
+    "PROXY_ADMIN_PREFIX": Kind.TEXT,
+    "PROXY_BALANCE": Kind.TEXT,
+    "PROXY_FAIL_STATUSES": Kind.INT,
+    "PROXY_MAX_FAILS": Kind.INT,
+    "PROXY_FAIL_TIMEOUT": Kind.NUMBER,
+    "PROXY_MAX_EJECTION": Kind.NUMBER,
+    "PROXY_NEXT_UPSTREAM_TRIES": Kind.INT,
+    "PROXY_FORWARD": Kind.FLAG,
+    "PROXY_ALLOW_CLIENTS": Kind.TEXT,
+    "PROXY_ALLOW_HOSTS": Kind.TEXT,
+    "PROXY_CONNECT_PORTS": Kind.INT,
+    "PROXY_ALLOW_PRIVATE": Kind.FLAG,
+    "PROXY_AUTH_FILE": Kind.TEXT,
+    "PROXY_TUNNEL_IDLE_TIMEOUT": Kind.NUMBER,
+    "HTTP_MAX_CONNECTIONS": Kind.INT,
+    "HTTP_MAX_KEEPALIVE_CONNECTIONS": Kind.INT,
+    "HTTP_KEEPALIVE_EXPIRY": Kind.NUMBER,
+    "HTTP_POOL_ENABLED": Kind.FLAG,
+    "HTTP_CONNECT_TIMEOUT": Kind.NUMBER,
+    "HTTP_READ_TIMEOUT": Kind.NUMBER,
+    "HTTP_WRITE_TIMEOUT": Kind.NUMBER,
+    "HTTP_POOL_TIMEOUT": Kind.NUMBER,
+    "HTTP_HEALTH_INTERVAL": Kind.NUMBER,
+    "HTTP_HEALTH_PATH": Kind.TEXT,
+    "HTTP_TLS_VERIFY": Kind.FLAG,
+    "HTTP_CA_BUNDLE": Kind.TEXT,
+}
+#: Where the gunicorn master hands its workers the validated values (JSON).
+SNAPSHOT_ENV = "WSGIPROXY_EFFECTIVE_CONFIG"
 
 
 class ConfigError(ValueError):
@@ -92,6 +151,15 @@ class RequestSettings:
     def server_count(self) -> int:
         """Servers of every group: the rows of the table the workers share."""
         return sum(len(route.servers) for route in self.routes) + len(self.upstream or ())
+
+    def route_count(self) -> int:
+        """Routes, PROXY_UPSTREAM counted as the route '/'."""
+        return len(self.routes) + (self.upstream is not None)
+
+    def summary(self) -> str:
+        """``2 routes, 3 servers``: what a check or a reload reports it accepted."""
+        routes, servers = self.route_count(), self.server_count()
+        return f"{routes} route{'s' * (routes != 1)}, {servers} server{'s' * (servers != 1)}"
 
 
 @dataclass(frozen=True)
@@ -201,13 +269,18 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        """Settings from ``environ`` (any mapping; tests pass a dict).
+        """Settings from ``environ`` (any mapping; tests pass a dict) and the file its
+        PROXY_CONFIG names, if any; the environment wins.
 
         Empty values count as unset, except PROXY_ACCESS_LOG where '' turns the
-        access log off. Raises ConfigError listing every bad variable, so nothing
-        starts half-configured.
+        access log off. Raises ConfigError listing every bad variable and every problem
+        of the file, so nothing starts half-configured.
         """
-        env = _Reader(environ)
+        return read_environment(environ).settings
+
+    @classmethod
+    def _parse(cls, env: _Reader) -> Settings:
+        """Every variable through its parser; problems are collected in ``env``."""
         max_connections = env.get("HTTP_MAX_CONNECTIONS", values.positive_int, 100)
         settings = cls(
             server=ServerSettings(
@@ -219,7 +292,7 @@ class Settings:
                 worker_connections=env.get("PROXY_WORKER_CONNECTIONS", values.positive_int, 1000),
                 threads=env.get("PROXY_THREADS", values.positive_int, 32),
                 log_level=env.get("PROXY_LOG_LEVEL", values.choice(_LOG_LEVELS), "info"),
-                access_log=environ.get("PROXY_ACCESS_LOG", "-").strip() or None,
+                access_log=env.environ.get("PROXY_ACCESS_LOG", "-").strip() or None,
                 graceful_timeout=env.get("PROXY_GRACEFUL_TIMEOUT", values.positive_seconds, 30.0),
                 max_requests=env.get("PROXY_MAX_REQUESTS", values.non_negative_int, 0),
             ),
@@ -272,9 +345,37 @@ class Settings:
             ),
         )
         _check_fail_timeouts(env, settings)
-        if env.problems:
-            raise ConfigError(env.problems)
         return settings
+
+
+@dataclass(frozen=True)
+class Effective:
+    """Validated settings and the text values they were parsed from (environment over
+    PROXY_CONFIG): what the gunicorn master hands its workers."""
+
+    settings: Settings
+    values: dict[str, str]
+
+    def snapshot(self) -> str:
+        """The values as JSON, for SNAPSHOT_ENV: ``load_settings`` in a worker reads
+        them instead of the environment and the file."""
+        return json.dumps(self.values, sort_keys=True)
+
+
+def read_environment(environ: Mapping[str, str]) -> Effective:
+    """Settings from ``environ`` and PROXY_CONFIG's file, with the values they came from.
+
+    Ignores SNAPSHOT_ENV: the gunicorn master and ``python -m wsgiproxy check`` call this
+    to validate what the operator wrote. Raises ConfigError with every problem: the
+    file's own (unreadable, not TOML, unknown keys, wrong types) first, then bad values.
+    """
+    layered = config_file.layer(environ, VARIABLES, keep_blank=("PROXY_ACCESS_LOG",))
+    env = _Reader(layered.values, layered.from_file, layered.label)
+    settings = Settings._parse(env)
+    problems = [*layered.problems, *env.problems]
+    if problems:
+        raise ConfigError(problems)
+    return Effective(settings, layered.values)
 
 
 def _balancing(env: _Reader) -> BalancingSettings:
@@ -333,8 +434,15 @@ def _check_fail_timeouts(env: _Reader, settings: Settings) -> None:
 class _Reader:
     """Reads variables one by one, keeping every problem instead of stopping at the first."""
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        environ: Mapping[str, str],
+        from_file: frozenset[str] = frozenset(),
+        file_label: str = "",
+    ) -> None:
         self.environ = environ
+        self.from_file = from_file  # names whose value PROXY_CONFIG's file gave
+        self.file_label = file_label  # "PROXY_CONFIG='path'", put before their lines
         self.problems: list[str] = []
         self.bad: set[str] = set()  # names already reported, for checks across variables
 
@@ -343,8 +451,10 @@ class _Reader:
         return bool(self.environ.get(name, "").strip())
 
     def report(self, name: str, problem: str) -> None:
-        """Record ``NAME='value': problem`` for a variable that is set."""
-        self.problems.append(f"{name}={self.environ.get(name, '')!r}: {problem}")
+        """Record ``NAME='value': problem`` for a variable that is set; a value from
+        PROXY_CONFIG's file gets ``PROXY_CONFIG='path': `` before it."""
+        where = f"{self.file_label}: " if name in self.from_file else ""
+        self.problems.append(f"{where}{name}={self.environ.get(name, '')!r}: {problem}")
         self.bad.add(name)
 
     def optional(self, name: str, parse: Callable[[str], _T]) -> _T | None:
@@ -366,17 +476,37 @@ class _Reader:
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings from the environment (os.environ when None), or exit 2 with no traceback.
+    """Settings for this process (from os.environ when None), or exit 2 with no traceback.
 
-    On a ConfigError each line goes to stderr prefixed 'wsgiproxy: ', then SystemExit(2).
+    Under gunicorn, a worker finds SNAPSHOT_ENV set by its master and reads the values
+    the master validated, not the environment and PROXY_CONFIG's file (which may have
+    been rewritten since). Elsewhere (``flask run``, a script) it reads both.
 
-    Used by gunicorn.conf.py in the master, so a bad value stops start-up before any
-    worker is forked (a worker failing at boot would be respawned in a loop), and by
-    the module-level app for ``flask run``.
+    On a ConfigError each line goes to stderr prefixed 'wsgiproxy: ', then SystemExit(2):
+    the module-level app stops ``flask run`` with the lines, as the master does for
+    gunicorn (wsgiproxy.master), where a worker failing at boot would be respawned in a
+    loop.
     """
+    source = os.environ if environ is None else environ
     try:
-        return Settings.from_env(os.environ if environ is None else environ)
+        snapshot = source.get(SNAPSHOT_ENV)
+        return Settings.from_env(_read_snapshot(snapshot) if snapshot else source)
     except ConfigError as exc:
         for line in exc.lines:
             print(f"wsgiproxy: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _read_snapshot(text: str) -> dict[str, str]:
+    """The values ``Effective.snapshot`` wrote; ConfigError if it is not one."""
+    try:
+        found = json.loads(text)
+    except ValueError:
+        found = None
+    if not isinstance(found, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in found.items()
+    ):
+        raise ConfigError(
+            [f"{SNAPSHOT_ENV}: not the settings snapshot a wsgiproxy gunicorn master writes"]
+        )
+    return found

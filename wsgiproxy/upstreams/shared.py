@@ -230,8 +230,13 @@ def forget(path: str, pid: int) -> None:
     """A worker is gone (gunicorn's master reaped it): its counts leave the sums.
 
     The master calls this from ``child_exit``; it opens the file without claiming a slot.
+    A missing file is no error: a reload that changed the servers removed the old file,
+    whose workers' counts went with it.
     """
-    fd = os.open(path, os.O_RDWR)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return
     try:
         with mmap.mmap(fd, 0) as mapped:
             ints = memoryview(mapped).cast("q")

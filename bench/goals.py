@@ -28,7 +28,7 @@ class Goal:
     against: str = ""  # the proxy wsgiproxy is compared with
     unmeasured: str | None = None
     subject: str = OURS  # the proxy measured (a variant of ours: wsgiproxy-group3)
-    key: str = ""  # failover metrics: the key of failover.analyse's result
+    key: str = ""  # scenario metrics: the key of the scenario's result (failover.analyse...)
 
 
 BASELINE = "flask-urllib3"  # "the shared-PoolManager app"
@@ -91,6 +91,14 @@ GOALS = [
          "failover_vs", "<=", 1, key="p99_fault_vs_steady", against="haproxy", unmeasured=""),
     Goal("Failover: back in service no later than HAProxy",
          "failover_vs", "<=", 1, key="back_s", against="haproxy", unmeasured=""),
+    Goal("Reloads: no request lost over 10 HUPs at 64 keep-alive connections",
+         "scenario_value", "==", 0, key="reloads.lost", unmeasured="Reloads"),
+    Goal("Reloads: no more requests lost than nginx over 10 `nginx -s reload`",
+         "scenario_vs", "<=", 1, key="reloads.lost", against="nginx", unmeasured=""),
+    Goal("WebSockets: RSS of the worker per open WebSocket at most 64 KiB (1,000 open)",
+         "scenario_value", "<=", 64, key="websockets.rss_per_ws_kib", unmeasured="WebSockets"),
+    Goal("WebSockets: echo round-trip p99 at most 2x nginx's (100 of 1,000 echoing)",
+         "scenario_ratio", "<=", 2, key="websockets.p99_ms", against="nginx", unmeasured=""),
 ]
 # fmt: on
 
@@ -111,6 +119,8 @@ class Measured:
     memory: dict[str, Any]
     failover: dict[str, dict[str, Any]]
     not_started: set[str]
+    reloads: dict[str, dict[str, Any]]
+    websockets: dict[str, dict[str, Any]]
 
     def get(self, cell: str, proxy: str, metric: str) -> float | None:
         return self.M.get(cell, {}).get(proxy, {}).get(metric)
@@ -263,6 +273,64 @@ def failover_vs(g: Goal, m: Measured) -> Shown:
     return (2.0 if worse else 1.0), f"{shown_o} vs {g.against} {shown_t}"
 
 
+SCENARIO_SHOWN = {
+    "reloads.lost": "{:,.0f} lost",
+    "websockets.rss_per_ws_kib": "{:.1f} KiB",
+    "websockets.p99_ms": "{:.2f} ms",
+}
+
+
+def _scenario(m: Measured, key: str, proxy: str) -> tuple[float | None, str]:
+    """``proxy``'s figure ``key`` ("scenario.figure") of a scenario run (reloads.py,
+    websockets_scenario.py): value and text, or None and why not."""
+    name, _, figure = key.partition(".")
+    r = getattr(m, name).get(proxy)
+    if r is None:
+        return None, f"not measured: {proxy} not run"
+    if "not_measured" in r:
+        return None, f"not measured: {proxy} {r['not_measured']}"
+    v = r.get(figure)
+    text = SCENARIO_SHOWN[key].format(v) if v is not None else "—"
+    if name == "reloads" and v is not None:
+        kinds = ", ".join(f"{k} {n}" for k, n in r["kinds"].items()) or "no errors"
+        text += f" ({r['served']:,} served; {kinds})"
+    return (float(v) if v is not None else None), text
+
+
+def scenario_value(g: Goal, m: Measured) -> Shown:
+    """One of wsgiproxy's figures in a scenario (the goal's key)."""
+    if not getattr(m, g.key.partition(".")[0]):
+        return None
+    return _scenario(m, g.key, g.subject)
+
+
+def scenario_vs(g: Goal, m: Measured) -> Shown:
+    """wsgiproxy's scenario figure against another's: 1 (no worse) or 2 (worse)."""
+    if not getattr(m, g.key.partition(".")[0]):
+        return None
+    ours, shown_o = _scenario(m, g.key, g.subject)
+    theirs, shown_t = _scenario(m, g.key, g.against)
+    if ours is None:
+        return None, shown_o
+    if theirs is None:
+        return None, shown_t
+    return (2.0 if ours > theirs else 1.0), f"{shown_o} vs {g.against} {shown_t}"
+
+
+def scenario_ratio(g: Goal, m: Measured) -> Shown:
+    """wsgiproxy's scenario figure over another's."""
+    if not getattr(m, g.key.partition(".")[0]):
+        return None
+    ours, shown_o = _scenario(m, g.key, g.subject)
+    theirs, shown_t = _scenario(m, g.key, g.against)
+    if ours is None:
+        return None, shown_o
+    if theirs is None:
+        return None, shown_t
+    r = ratio(ours, theirs)
+    return r, f"{fmt(r, 2)}x ({shown_o} vs {g.against} {shown_t})"
+
+
 METRIC_FNS: dict[str, Callable[[Goal, Measured], Shown]] = {
     f.__name__: f
     for f in (
@@ -278,6 +346,9 @@ METRIC_FNS: dict[str, Callable[[Goal, Measured], Shown]] = {
         big_response_mb,
         failover_value,
         failover_vs,
+        scenario_value,
+        scenario_vs,
+        scenario_ratio,
     )
 }
 
@@ -286,11 +357,21 @@ def evaluate_goals(
     M: dict[str, Any],
     queue: dict[str, Any],
     memory: dict[str, Any],
-    failover: dict[str, dict[str, Any]] | None = None,
+    scenarios: dict[str, dict[str, dict[str, Any]]] | None = None,
     not_started: set[str] | None = None,
 ) -> list[tuple[str, str, bool | None]]:
-    """(goal line, measured, PASS/FAIL/None=not measured)."""
-    measured = Measured(M, queue, memory, failover or {}, not_started or set())
+    """(goal line, measured, PASS/FAIL/None=not measured). ``scenarios``: the results of
+    the failover, reload and WebSocket scenarios that ran, by name."""
+    sc = scenarios or {}
+    measured = Measured(
+        M,
+        queue,
+        memory,
+        sc.get("failover", {}),
+        not_started or set(),
+        sc.get("reloads", {}),
+        sc.get("websockets", {}),
+    )
     out: list[tuple[str, str, bool | None]] = []
     for g in GOALS:
         got = METRIC_FNS[g.metric](g, measured)

@@ -301,3 +301,49 @@ def product_commit() -> str:
         return commit + (" + uncommitted changes" if dirty else "")
     except Exception:
         return "?"
+
+
+def reload_nginx_conf(tmp: Path, name: str, port: int, upstream: int) -> str:
+    """The reload scenario's nginx: its own instance (own pid file, so ``nginx -s reload``
+    with this config reaches it and no other), the bench proxy's settings in front of the
+    upstream's 100 B."""
+    head, common = _nginx_common(tmp, name)
+    return (
+        head
+        + f"""
+http {{{common}
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+    upstream up {{ server 127.0.0.1:{upstream}; keepalive 32; }}
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://up; }} }}
+}}
+"""
+    )
+
+
+def websocket_nginx_conf(tmp: Path, name: str, port: int, upstream: int) -> str:
+    """The WebSocket scenario's nginx: the standard WebSocket proxy config (HTTP/1.1 to
+    the upstream, Upgrade and Connection passed on), 1 worker, read timeout past the run."""
+    head, common = _nginx_common(tmp, name)
+    return (
+        head
+        + f"""
+http {{{common}
+    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://127.0.0.1:{upstream};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_read_timeout 300s;
+            proxy_send_timeout 300s;
+        }}
+    }}
+}}
+"""
+    )

@@ -112,8 +112,9 @@ def queue_progress_line(rep: int, clients: int, proxy: str, m: dict[str, Any]) -
 
 
 def run_line(args: argparse.Namespace, reps_done: int, elapsed: float) -> str:
-    if args.failover:
-        return f"the failover scenario only; took {elapsed / 60:.1f} min"
+    alone = [n for n in ("failover", "reloads", "websockets") if getattr(args, n, False)]
+    if alone:
+        return f"the {', '.join(alone)} scenario{'s' if len(alone) > 1 else ''} only; took {elapsed / 60:.1f} min"
     return (
         f"{'quick, ' if args.quick else ''}{reps_done} repetitions x {args.duration:g} s per cell "
         f"(warm-up {args.warmup:g} s in the first), queue runs {args.queue_duration:g} s; "
@@ -128,7 +129,7 @@ def report(
     queue: dict[str, Any],
     memory: dict[str, Any],
     goals: list[tuple[str, str, bool | None]],
-    failover: dict[str, dict[str, Any]] | None = None,
+    scenarios: dict[str, dict[str, dict[str, Any]]] | None = None,
     not_started: dict[str, str] | None = None,
 ) -> str:
     cells = [c.name for c in CELLS if c.name in M]
@@ -150,8 +151,13 @@ def report(
             "",
             "Not measured: " + "; ".join(f"{k} {v}" for k, v in not_started.items()) + ".",
         ]
-    if failover:
-        lines += failover_table(failover)
+    sc = scenarios or {}
+    if sc.get("failover"):
+        lines += failover_table(sc["failover"])
+    if sc.get("reloads"):
+        lines += reloads_table(sc["reloads"])
+    if sc.get("websockets"):
+        lines += websockets_table(sc["websockets"])
     if not cells:
         lines += ["", "Every run: `results.json`.", ""]
         return "\n".join(lines)
@@ -275,6 +281,69 @@ def failover_table(failover: dict[str, dict[str, Any]]) -> list[str]:
             f"{fmt(r['p99_fault_vs_steady'], 2)} | {fmt(r['max_fault_ms'], 0)} | "
             f"{fmt(r['tried_s'], 2)}{note} | "
             f"{fmt(r['attempts'])} | {back} | {' / '.join(fmt(n) for n in r['served_per_server'])} |"
+        )
+    return lines
+
+
+def reloads_table(reloads: dict[str, dict[str, Any]]) -> list[str]:
+    from reload_load import RESPONSE_TIMEOUT
+    from reloads import CONNS, INTERVAL_S, RELOADS
+
+    lines = [
+        "",
+        f"## Reloads: {RELOADS} reloads under {CONNS} keep-alive connections",
+        "",
+        f"A reload every {INTERVAL_S:g} s, or when the previous one is done (its workers all "
+        "new); wsgiproxy and gunicorn (the bare app): `kill -HUP` to the master; nginx: "
+        "`nginx -s reload`. Lost: a request written whose response did not complete (reset, "
+        f"closed, no whole response in {RESPONSE_TIMEOUT:g} s); a connection the server "
+        "closed before the client wrote is a reconnect, not a loss. Errors: the lost by kind, "
+        "non-200 statuses and refused connects.",
+        "",
+        "| server | lost | served | req/s | errors | reconnects | announced closes "
+        "| reload s (median / max) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for server, r in reloads.items():
+        if "not_measured" in r:
+            lines.append(f"| {server} | not measured: {r['not_measured']} |" + " |" * 6)
+            continue
+        kinds = ", ".join(f"{k} {v}" for k, v in r["kinds"].items()) or "none"
+        done = "" if r["reloads_done"] == r["reloads"] else f" ({r['reloads_done']} done)"
+        lines.append(
+            f"| {server} | {r['lost']} | {fmt(r['served'])} | {fmt(r['rps'])} | {kinds} | "
+            f"{fmt(r['reconnects'])} | {fmt(r['closes_announced'])} | "
+            f"{fmt(r['reload_s_median'], 2)} / {fmt(r['reload_s_max'], 2)}{done} |"
+        )
+    return lines
+
+
+def websockets_table(ws: dict[str, dict[str, Any]]) -> list[str]:
+    from websockets_scenario import ECHO_INTERVAL_S, ECHO_S, ECHOERS, MESSAGE_BYTES, OPEN
+
+    lines = [
+        "",
+        f"## WebSockets: {OPEN:,} open through one worker, {ECHOERS} echoing",
+        "",
+        f"A `websockets` echo server on 127.0.0.1; {OPEN:,} WebSockets opened through the proxy, "
+        f"then {ECHOERS} of them each send a {MESSAGE_BYTES} B message every "
+        f"{ECHO_INTERVAL_S * 1000:g} ms and await its echo, for {ECHO_S:g} s. RSS per "
+        "WebSocket: the worker's RSS with all open (the larger of after opening and after "
+        f"the echoes) minus its RSS before, over {OPEN:,}.",
+        "",
+        "| proxy | opened | RSS before MB | RSS open MB | RSS per WS KiB | echoes "
+        "| p50 ms | p99 ms | max ms | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for proxy, r in ws.items():
+        if "not_measured" in r:
+            lines.append(f"| {proxy} | not measured: {r['not_measured']} |" + " |" * 8)
+            continue
+        lines.append(
+            f"| {proxy} | {fmt(r['opened'])} | {fmt(r['rss_before_mb'], 1)} | "
+            f"{fmt(r['rss_open_mb'], 1)} | {fmt(r['rss_per_ws_kib'], 1)} | {fmt(r['echoes'])} | "
+            f"{fmt(r['p50_ms'], 2)} | {fmt(r['p99_ms'], 2)} | {fmt(r['max_ms'], 1)} | "
+            f"{r['errors']} |"
         )
     return lines
 

@@ -55,6 +55,8 @@ from processes import Processes
 from profiling import run_profile
 from provision import ensure_system_tools, ensure_venv
 from proxies import FAILOVER, GROUP_CELL, KEEPALIVE_CELLS, MEMORY, OURS, PROXIES, QUEUE, TABLE
+from reloads import SERVERS as RELOAD_SERVERS
+from reloads import run_reloads
 from report import (
     machine,
     medians,
@@ -66,6 +68,7 @@ from report import (
     versions,
 )
 from servers import Bench
+from websockets_scenario import WS_PROXIES, run_websockets
 
 
 def parse_x_env(args: argparse.Namespace) -> dict[str, str]:
@@ -92,7 +95,7 @@ def run_bench(args: argparse.Namespace) -> int:
 def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_start: float) -> int:
     only = set(args.only.split(",")) if args.only else None
     if only:
-        unknown = only - set(PROXIES) - {"queue", "memory", "haproxy"}
+        unknown = only - set(PROXIES) - {"queue", "memory", "haproxy", "gunicorn"}
         if unknown:
             raise SystemExit(
                 f"bench: unknown --only {sorted(unknown)}; choose from {', '.join(PROXIES)}"
@@ -104,34 +107,55 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
 
     bench.x_env = parse_x_env(args)
     cells = [c for c in CELLS if not args.cells or c.name in args.cells]
-    if args.failover:  # the failover scenario alone
+    alone = scenarios_alone(args)
+    if alone:  # the scenarios named, alone
         cells = []
     do_queue = (
         not args.no_queue
-        and not args.failover
+        and not alone
         and (only is None or "queue" in only or "flask-urllib3" in only)
     )
-    # The full run ends with it; a focused run (--only, --cells) or --quick only when asked.
-    do_failover = args.failover or not (
-        args.no_failover or args.quick or only is not None or args.cells
-    )
+    # The full run ends with the scenarios; a focused run (--only, --cells) or --quick
+    # only when asked.
+    full = not (args.quick or only is not None or args.cells or alone)
+    do_failover = args.failover or (full and not args.no_failover)
+    do_reloads = args.reloads or (full and not args.no_reloads)
+    do_websockets = args.websockets or (full and not args.no_websockets)
     failover_proxies = [p for p in FAILOVER if want(p)]
+    reload_servers = [p for p in RELOAD_SERVERS if only is None or p in only]
+    ws_proxies = [p for p in WS_PROXIES if only is None or p in only]
     _set_up(bench, cells, want, do_queue, outdir, haproxy=do_failover)
 
     runs, queue_runs, reps_done = _measure_cells(bench, args, cells, want, do_queue, t_start)
 
     memory: dict[str, float] = {}
-    if not args.no_memory and not args.failover:
+    if not args.no_memory and not alone:
         for proxy in MEMORY:
             if (proxy, "http") in bench.inst:
                 memory[proxy] = big_response_growth(bench.inst[(proxy, "http")])
                 print(f"  50 MB response through {proxy}: +{memory[proxy]:.1f} MB", flush=True)
 
-    failover = run_failover(bench, failover_proxies) if do_failover else {}
+    scenarios: dict[str, dict[str, dict[str, Any]]] = {}
+    if do_failover:
+        scenarios["failover"] = run_failover(bench, failover_proxies)
+    if do_reloads:
+        scenarios["reloads"] = run_reloads(bench, reload_servers)
+    if do_websockets:
+        scenarios["websockets"] = run_websockets(bench, ws_proxies)
 
     return _write_results(
-        bench, args, cells, runs, queue_runs, memory, failover, reps_done, outdir, stamp, t_start
+        bench, args, cells, runs, queue_runs, memory, scenarios, reps_done, outdir, stamp, t_start
     )
+
+
+#: the scenarios a flag runs alone, and the prefix of their goals' lines
+SCENARIOS = {"failover": "Failover", "reloads": "Reloads", "websockets": "WebSockets"}
+
+
+def scenarios_alone(args: argparse.Namespace) -> list[str]:
+    """The scenarios named by their flags (--failover, --reloads, --websockets): run
+    alone, without the cells."""
+    return [name for name in SCENARIOS if getattr(args, name)]
 
 
 def _set_up(
@@ -237,7 +261,7 @@ def _write_results(
     runs: list[dict[str, Any]],
     queue_runs: list[dict[str, Any]],
     memory: dict[str, float],
-    failover: dict[str, dict[str, Any]],
+    scenarios: dict[str, dict[str, dict[str, Any]]],
     reps_done: int,
     outdir: Path,
     stamp: str,
@@ -247,9 +271,10 @@ def _write_results(
     M = medians(runs)
     queue = queue_medians(queue_runs)
     not_started = {f"{p} ({u})": why for (p, u), why in bench.not_started.items()}
-    goals = evaluate_goals(M, queue, memory, failover, {p for p, _ in bench.not_started})
-    if args.failover:  # the scenario alone: the other goals were not measured at all
-        goals = [g for g in goals if g[0].startswith("Failover")]
+    goals = evaluate_goals(M, queue, memory, scenarios, {p for p, _ in bench.not_started})
+    alone = scenarios_alone(args)
+    if alone:  # the scenarios alone: the other goals were not measured at all
+        goals = [g for g in goals if g[0].startswith(tuple(SCENARIOS[n] for n in alone))]
     elapsed = time.monotonic() - t_start
     vers = versions(bench.venv, bench.product_commit)
     if bench.product_digest:
@@ -264,7 +289,7 @@ def _write_results(
         "run_line": run_line(args, reps_done, elapsed),
         "argv": sys.argv[1:],
     }
-    text = report(meta, M, queue, memory, goals, failover, not_started)
+    text = report(meta, M, queue, memory, goals, scenarios, not_started)
     (outdir / "report.md").write_text(text)
     (outdir / "results.json").write_text(
         json.dumps(
@@ -274,7 +299,7 @@ def _write_results(
                 "runs": runs,
                 "queue_runs": queue_runs,
                 "memory_mb": memory,
-                "failover": failover,
+                **scenarios,
                 "not_started": not_started,
                 "medians": M,
                 "queue": queue,
@@ -298,7 +323,7 @@ def _write_results(
         )
         if chart.returncode != 0:
             print(f"bench: chart failed: {chart.stderr[-1500:]}", file=sys.stderr)
-    kind = "latest-failover" if args.failover else "latest-quick" if args.quick else "latest"
+    kind = "latest-" + "-".join(alone) if alone else "latest-quick" if args.quick else "latest"
     latest = RESULTS / kind
     if latest.is_symlink() or latest.exists():
         latest.unlink()
@@ -358,6 +383,20 @@ def main() -> int:
         action="store_true",
         help="skip the failover scenario (--quick, --only and --cells skip it unless --failover)",
     )
+    ap.add_argument(
+        "--reloads",
+        action="store_true",
+        help="run only the reload scenario (10 HUPs under load: nginx, gunicorn, wsgiproxy;"
+        " about 1 min; with --websockets or --failover, those too)",
+    )
+    ap.add_argument("--no-reloads", action="store_true", help="skip the reload scenario")
+    ap.add_argument(
+        "--websockets",
+        action="store_true",
+        help="run only the WebSocket scenario (1,000 open, 100 echoing: nginx, wsgiproxy;"
+        " about 1 min)",
+    )
+    ap.add_argument("--no-websockets", action="store_true", help="skip the WebSocket scenario")
     ap.add_argument(
         "--budget",
         type=float,

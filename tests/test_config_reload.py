@@ -1,4 +1,4 @@
-"""PROXY_CONFIG reloads under real gunicorn: new routes on HUP, a bad file refused, check."""
+"""PROXY_CONFIG under real gunicorn: ``kill -HUP`` re-reads it, a bad file is refused and
 the old configuration keeps serving, the environment wins; and ``python -m wsgiproxy
 check``."""
 
@@ -161,11 +161,6 @@ def test_hup_while_workers_boot_changes_servers_safely(
     assert "Exception in worker process" not in proxy.log()
 
 
-@pytest.mark.xfail(
-    reason="a worker stopping on HUP may reset a connection it accepted: zero-loss HUP is"
-    " the `reload` branch's work (wsgiproxy/server/gunicorn.py)",
-    strict=False,
-)
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 def test_no_request_fails_during_a_config_reload(
     proxies: Callable[..., Proxy],

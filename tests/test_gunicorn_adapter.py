@@ -225,7 +225,7 @@ def test_gunicorn_conf_installs_it_in_the_worker_hook(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "CoalescingResponse wsgiproxy.server.gunicorn"
+    assert out.stdout.strip() == "CoalescingResponse wsgiproxy.server.writer"
 
 
 # -- The version check ---------------------------------------------------------------------

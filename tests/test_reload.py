@@ -28,6 +28,7 @@ from tests.support.proxy import Proxy, _launch, start_gunicorn
 from tests.support.upstream_server import UpstreamServer
 from tests.support.wait import wait_until
 from wsgiproxy.server import gunicorn as adapter
+from wsgiproxy.server import stopping
 
 WORKERS = ["gevent", "gthread"]
 #: --graceful-timeout that tests/support/proxy.py gives gunicorn.
@@ -311,7 +312,7 @@ def _old_killer(arbiter: Any) -> None:
 
 def test_old_workers_are_stopped_only_once_new_ones_heartbeat() -> None:
     arbiter = _fake_arbiter([1, 2, 3, 4])
-    manage = adapter._manage_workers_after_ready(_old_killer)
+    manage = stopping._manage_workers_after_ready(_old_killer)
     young = [arbiter.WORKERS[1003], arbiter.WORKERS[1004]]
 
     def heartbeat() -> None:
@@ -321,7 +322,7 @@ def test_old_workers_are_stopped_only_once_new_ones_heartbeat() -> None:
 
     beater = threading.Thread(target=heartbeat)
     started = time.monotonic()
-    assert not any(adapter._ready(w) for w in young)  # the master notes their start
+    assert not any(stopping._ready(w) for w in young)  # the master notes their start
     beater.start()
     manage(arbiter)
     beater.join()
@@ -334,7 +335,7 @@ def test_a_stop_signal_cuts_the_wait_short() -> None:
     arbiter.SIG_QUEUE.put_nowait(signal.SIGCHLD)
     arbiter.SIG_QUEUE.put_nowait(signal.SIGTERM)
     started = time.monotonic()
-    adapter._manage_workers_after_ready(_old_killer)(arbiter)
+    stopping._manage_workers_after_ready(_old_killer)(arbiter)
     assert time.monotonic() - started < 0.2
     assert arbiter.killed == [1, 2]
     # the signals are still there, in order, for the master's loop
@@ -345,7 +346,7 @@ def test_a_stop_signal_cuts_the_wait_short() -> None:
 def test_a_stopping_worker_answers_with_connection_close(alive: bool) -> None:
     """A request in flight when the worker begins to stop is answered with
     ``Connection: close``: the client writes its next request elsewhere."""
-    adapter._worker = SimpleNamespace(alive=alive)
+    stopping._worker = SimpleNamespace(alive=alive)
     try:
         req = SimpleNamespace(version=(1, 1), method="GET", should_close=lambda: False)
         sent: list[bytes] = []
@@ -359,7 +360,7 @@ def test_a_stopping_worker_answers_with_connection_close(alive: bool) -> None:
         response.write(b"ok")
         response.close()
     finally:
-        adapter._worker = None
+        stopping._worker = None
     head = b"".join(sent).split(b"\r\n\r\n")[0].lower()
     assert (b"connection: close" in head) is not alive
     assert response.should_close() is not alive

@@ -1,7 +1,10 @@
 """Every gunicorn internal wsgiproxy touches, checked against the gunicorn it was read from.
 
 WSGI leaves some things out that a proxy needs, and gunicorn does some things a proxy
-must not, so a few of gunicorn's internals are used or replaced here, and nowhere else:
+must not, so a few of gunicorn's internals are used or replaced in this package, and
+nowhere else: this module (the version check, the socket hand-over, ``install``),
+``writer.py`` (response writer, Date, parse refusals) and ``stopping.py`` (accepts,
+stops and reloads). The whole list:
 
 - ``CoalescingResponse``: gunicorn's response writer, sending a small response's head in
   the same call as its first body bytes rather than one send each.
@@ -29,23 +32,35 @@ means re-reading the gunicorn code named beside each piece below, running
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
-import signal
 import socket
-import threading
-import time
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any
 
 import gunicorn  # type: ignore[import-untyped]
 from gunicorn import util as gunicorn_util
 from gunicorn.http import wsgi as gunicorn_wsgi  # type: ignore[import-untyped]
 
-from ..buffers import BLOCK
 from ..concurrency import gevent_patched
+from . import stopping
+from .stopping import (
+    ACCEPT_BATCH,
+    _batched_stream_server,
+    _close_listeners_when_stopping,
+    _remember_listener_names,
+    _watch_for_stop,
+    install_in_master,
+    worker_stopping,
+)
+from .writer import (
+    COALESCE_LIMIT,
+    GUNICORN_RESPONSE,
+    REFUSAL_TEXT_LIMIT,
+    CoalescingResponse,
+    http_date,
+    refusal_bytes,
+    write_refusal,
+)
 
 #: The gunicorn release this module was read against and tested with
 #: (``requirements.txt`` pins the same).
@@ -55,44 +70,6 @@ VERIFIED_GUNICORN = "27.0.1"
 #: (``Arbiter.WORKER_BOOT_ERROR`` in gunicorn/arbiter.py; any other status at boot is
 #: respawned in a loop).
 WORKER_BOOT_ERROR = 3
-
-#: Body bytes sent together with the head; a longer first write goes out separately
-#: rather than being copied behind the head.
-COALESCE_LIMIT = BLOCK
-
-#: Connections a gevent worker accepts each time the listening socket is ready.
-ACCEPT_BATCH = 16
-
-#: Longest body text of a parse refusal: gunicorn's message may quote a whole request line.
-REFUSAL_TEXT_LIMIT = 300
-
-#: gunicorn's own writer class, whatever ``install()`` later puts in its place.
-_GunicornResponse: Any = gunicorn_wsgi.Response
-_format_date = gunicorn_util.http_date
-_date_cache: tuple[int, str] = (0, "")
-
-#: The gunicorn worker this process runs (``install()`` is given it), None in the master
-#: and outside gunicorn. One worker per process, so a module global is enough.
-_worker: Any | None = None
-
-#: Seconds before a stopping worker's graceful deadline at which ``on_stop_deadline`` runs:
-#: what it closes (tunnels) must be gone before gunicorn's own deadline, when the master
-#: kills the worker outright.
-STOP_DEADLINE_MARGIN = 1.0
-
-#: How often the stop watcher looks whether the worker has begun to stop.
-STOP_WATCH_INTERVAL = 0.1
-
-#: On a reload, longest wait for the new workers to serve before the old ones are
-#: stopped anyway (gunicorn's own behaviour): a new worker stuck at boot must not keep
-#: the master from ever finishing the reload.
-NEW_WORKER_READY_TIMEOUT = 30.0
-
-
-def worker_stopping() -> bool:
-    """Whether this process is a gunicorn worker that has begun to stop (TERM, a reload,
-    its max requests, its master gone): gunicorn sets ``alive`` False then."""
-    return _worker is not None and not _worker.alive
 
 
 # -- The version check ---------------------------------------------------------------------
@@ -146,390 +123,6 @@ def check_gunicorn_in_master(arbiter: Any) -> None:
         raise
 
 
-# -- The response writer (gunicorn/http/wsgi.py: Response) ----------------------------------
-class _HeadCatcher:
-    """Stands in for the client socket while gunicorn renders the head."""
-
-    __slots__ = ("data",)
-
-    def __init__(self) -> None:
-        self.data = b""
-
-    def sendall(self, data: bytes) -> None:
-        self.data += data
-
-
-class CoalescingResponse(_GunicornResponse):  # type: ignore[misc]
-    """gunicorn's ``Response``, sending its head with the first body bytes.
-
-    gunicorn writes a head in one ``sendall`` and its body in another; each send is a trip
-    through the kernel's TCP path and a wake-up of the reader. This keeps gunicorn's
-    header rendering and bookkeeping and changes only when the head goes out: it is held
-    back and sent in the same call as the first body bytes, or when the response closes
-    with no body. The bytes on the wire are gunicorn's, unchanged.
-    """
-
-    _pending_head: bytes | None = None
-    sock: Any
-    headers_sent: bool
-    chunked: bool
-
-    def send_headers(self) -> None:
-        """Render the head as gunicorn does, but hold it until there is a body to send.
-
-        A worker that began to stop while this request was in flight says
-        ``Connection: close`` (gunicorn only does so for requests that arrive after):
-        the client then opens its next request elsewhere instead of writing it on a
-        connection the worker is about to close, which is the one race a client cannot
-        tell from a lost request.
-        """
-        if self.headers_sent:
-            return
-        if worker_stopping():
-            self.force_close()
-        sock, catcher = self.sock, _HeadCatcher()
-        self.sock = catcher
-        try:
-            super().send_headers()
-        finally:
-            self.sock = sock
-        self._pending_head = catcher.data
-
-    def flush_head(self) -> None:
-        """Send a held head now (before bytes written to the socket some other way)."""
-        head, self._pending_head = self._pending_head, None
-        if head:
-            self.sock.sendall(head)
-
-    def write(self, arg: bytes) -> None:
-        """gunicorn's write; an empty write also sends a held head."""
-        super().write(arg)
-        if not arg:
-            # An empty write is how a WSGI app pushes the head out early (a stream
-            # about to go quiet): send it now, as gunicorn would.
-            self.flush_head()
-
-    def _emit_body(self, data: bytes) -> None:
-        head = self._pending_head
-        if head is None or len(data) > COALESCE_LIMIT:
-            self.flush_head()
-            super()._emit_body(data)
-            return
-        self._pending_head = None
-        if self.chunked:
-            data = b"%X\r\n%s\r\n" % (len(data), data) if data else b""
-        data = head + data
-        # One send call: gevent's sendall would first ask the kernel for SO_SNDBUF.
-        sent = self.sock.send(data)
-        if sent < len(data):
-            self.sock.sendall(memoryview(data)[sent:])
-
-    def sendfile(self, respiter: Any) -> bool:
-        """gunicorn's sendfile, with a held head sent first when it will use the socket."""
-        # gunicorn's sendfile writes to the socket itself once the head is out: send the
-        # head first, but only when it will get that far (else write() sends it).
-        if (
-            not self.cfg.is_ssl
-            and self.can_sendfile()
-            and gunicorn_util.has_fileno(respiter.filelike)
-        ):
-            self.send_headers()
-            self.flush_head()
-        result: bool = super().sendfile(respiter)
-        return result
-
-    def close(self) -> None:
-        """End the response; a head still held (no body) goes out now."""
-        if not self.headers_sent:
-            self.send_headers()
-        self.flush_head()
-        super().close()
-
-
-# -- The Date header (gunicorn/util.py: http_date) ------------------------------------------
-def http_date(timestamp: float | None = None) -> str:
-    """gunicorn's ``Date`` value, formatted once a second rather than once a response,
-    as nginx does: the text only changes once a second."""
-    global _date_cache
-    if timestamp is not None:
-        return str(_format_date(timestamp))
-    now = time.time()
-    second, text = _date_cache
-    if int(now) != second:
-        text = str(_format_date(now))
-        _date_cache = (int(now), text)
-    return text
-
-
-# -- Accepts under gevent (gunicorn/workers/ggevent.py: GeventWorker.run) -------------------
-def _batched_stream_server() -> type:
-    """gevent's ``StreamServer``, accepting up to ``ACCEPT_BATCH`` connections per turn.
-
-    gunicorn's gevent worker sets ``max_accept = 1`` when there are several workers, so
-    that one does not take every new connection. But a busy worker goes round its whole
-    event loop between two accepts, so a burst of new clients waits to be accepted with
-    its requests already sent. A batch of 16 accepts them promptly and still keeps the
-    workers' shares of a burst roughly even.
-    """
-    from gevent.server import StreamServer  # type: ignore[import-untyped]
-
-    class BatchedStreamServer(StreamServer):  # type: ignore[misc]
-        @property
-        def max_accept(self) -> int:
-            return ACCEPT_BATCH
-
-        @max_accept.setter
-        def max_accept(self, value: int) -> None:
-            pass  # gunicorn's 1 is replaced by ACCEPT_BATCH
-
-        def close(self) -> None:
-            """Stop accepting; a stopping worker first takes what the kernel already
-            accepted for it (see ``_take_accept_queue``)."""
-            if not self.closed and worker_stopping():
-                self._take_accept_queue()
-            super().close()
-
-        def _take_accept_queue(self) -> None:
-            """Serve every connection waiting in the accept queue.
-
-            When this is the last process holding the listening socket (a TERM: the
-            master closed its copy first), closing it resets the connections the kernel
-            had completed but nobody accepted yet, with their requests possibly written.
-            Taking them first leaves only those that complete between the last accept
-            and the close, a window of microseconds instead of the whole queue.
-            """
-            with contextlib.suppress(OSError):
-                while True:
-                    args = self.do_read()  # None once the queue is empty
-                    if not args:
-                        return
-                    self.do_handle(*args)
-
-    return BatchedStreamServer
-
-
-class _NamedListener:
-    """A listening socket whose address is read once, while it is open.
-
-    gunicorn's gevent worker reads ``listener.getsockname()`` when a connection's
-    greenlet starts. A batch of accepted connections whose greenlets start after the
-    worker closed its listener (it is stopping) then fails with EBADF and is closed
-    unanswered, its request lost ("Socket error processing request" in the log). With
-    the address remembered, those connections are served like any other.
-    """
-
-    __slots__ = ("_name", "_sock")
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        self._name = sock.getsockname()
-
-    def getsockname(self) -> Any:
-        return self._name
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-def _remember_listener_names(worker: Any) -> None:
-    """Make the gevent worker's ``handle`` see its listeners through ``_NamedListener``
-    (gunicorn/workers/base_async.py: AsyncWorker.handle; GeventWorker.run binds
-    ``self.handle`` after ``post_worker_init``, so the instance attribute is used)."""
-    named = {id(sock): _NamedListener(sock) for sock in worker.sockets}
-    handle = worker.handle
-
-    def handle_with_named_listener(listener: Any, client: Any, addr: Any) -> Any:
-        return handle(named.get(id(listener), listener), client, addr)
-
-    worker.handle = handle_with_named_listener
-
-
-# -- Stopping under gthread (gunicorn/workers/gthread.py: ThreadWorker.run) ----------------
-def _close_listeners_when_stopping(worker: Any) -> None:
-    """Make a stopping gthread worker close its listeners as it stops accepting.
-
-    gunicorn's gthread worker stops polling its listeners when it stops but keeps them
-    open until it exits: on a TERM (the master has closed its copy) the kernel goes on
-    completing new connections that nobody will answer for the whole drain, then resets
-    them. Here the worker takes what is already in the accept queue (served like any
-    other connection), then closes, so later connects are refused at once. On a reload
-    the master keeps the socket open and the new workers accept.
-    """
-    set_accept_enabled = worker.set_accept_enabled
-
-    def set_accept_enabled_then_close(enabled: bool) -> None:
-        set_accept_enabled(enabled)
-        if enabled or worker.alive:
-            return  # not stopping: only too many connections for now
-        for listener in worker.sockets:
-            with contextlib.suppress(OSError):
-                listener.setblocking(False)
-                while True:
-                    client, addr = listener.accept()
-                    client.setblocking(True)
-                    worker.nr_conns += 1
-                    # What ThreadWorker.accept does with a new connection.
-                    worker.enqueue_req(
-                        gthread_tconn(worker.cfg, client, addr, listener.getsockname())
-                    )
-            listener.close()
-
-    worker.set_accept_enabled = set_accept_enabled_then_close
-
-
-def gthread_tconn(cfg: Any, client: Any, addr: Any, server: Any) -> Any:
-    """gunicorn's ``TConn`` for a connection the gthread worker accepted."""
-    from gunicorn.workers.gthread import TConn  # type: ignore[import-untyped]
-
-    return TConn(cfg, client, addr, server)
-
-
-# -- The graceful deadline ---------------------------------------------------------------------
-def _watch_for_stop(worker: Any, on_stop_deadline: Callable[[], None]) -> None:
-    """Call ``on_stop_deadline`` ``STOP_DEADLINE_MARGIN`` seconds before the worker's
-    graceful deadline, once it has begun to stop.
-
-    gunicorn has no hook for "stopping" (TERM only sets ``alive``; a reload, max requests
-    or a lost master too), so a daemon thread (a greenlet under gevent) watches
-    ``alive``. What must end by the deadline (CONNECT tunnels, which only end when idle)
-    is closed then, so the worker finishes its drain and exits by itself rather than
-    being killed by its master.
-    """
-
-    def watch() -> None:
-        while worker.alive:
-            time.sleep(STOP_WATCH_INTERVAL)
-        time.sleep(max(0.0, float(worker.cfg.graceful_timeout) - STOP_DEADLINE_MARGIN))
-        try:
-            on_stop_deadline()
-        except Exception:
-            logging.getLogger("gunicorn.error").exception("closing at the graceful deadline")
-
-    threading.Thread(target=watch, name="wsgiproxy-stop-watch", daemon=True).start()
-
-
-# -- Reloads in the master (gunicorn/arbiter.py: Arbiter.reload, manage_workers) ---------------
-def _ready(worker: Any) -> bool:
-    """Whether a worker the master spawned is serving: it has sent a heartbeat.
-
-    gunicorn's workers first touch their heartbeat file (``WorkerTmp.notify``) in their
-    run loop, after their listeners are being served. The master notes the file's time
-    when it first sees the worker, before that.
-    """
-    try:
-        now = worker.tmp.last_update()
-    except (OSError, ValueError):
-        return False
-    born = getattr(worker, "_wsgiproxy_born", None)
-    if born is None:
-        worker._wsgiproxy_born = born = now
-    return bool(now != born)
-
-
-def _stop_requested(arbiter: Any, stop_signals: set[signal.Signals]) -> bool:
-    """Whether a signal that stops the master is waiting in its queue (a SimpleQueue:
-    read out and put back in order; the handler only ever appends)."""
-    pending: list[Any] = []
-    with contextlib.suppress(queue.Empty):
-        while True:
-            pending.append(arbiter.SIG_QUEUE.get_nowait())
-    for sig in pending:
-        arbiter.SIG_QUEUE.put_nowait(sig)
-    return bool(stop_signals.intersection(pending))
-
-
-def _manage_workers_after_ready(manage_workers: Callable[[Any], None]) -> Callable[[Any], None]:
-    """gunicorn's ``manage_workers``, which on a reload stops the old workers as soon
-    as the new ones are forked, made to wait until the new ones serve.
-
-    Until then nobody accepts: connections wait in the kernel's queue (none is lost, the
-    master holds the socket) for as long as a worker takes to boot. Waiting keeps the old
-    workers serving meanwhile. Bounded by ``NEW_WORKER_READY_TIMEOUT``, and cut short by
-    a signal that stops the master.
-    """
-    stop_signals = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
-
-    def manage(arbiter: Any) -> None:
-        deadline = time.monotonic() + NEW_WORKER_READY_TIMEOUT
-        while len(arbiter.WORKERS) > arbiter.num_workers:
-            young = sorted(arbiter.WORKERS.values(), key=lambda w: w.age)[-arbiter.num_workers :]
-            if all(_ready(w) for w in young) or time.monotonic() > deadline:
-                break
-            if _stop_requested(arbiter, stop_signals):
-                break
-            arbiter.reap_workers()  # a new worker that fails at boot halts, as ever
-            time.sleep(0.05)
-        manage_workers(arbiter)
-
-    manage.wsgiproxy = True  # type: ignore[attr-defined]
-    return manage
-
-
-def install_in_master() -> None:
-    """In the master (``on_starting``, after the version check): make a reload stop old
-    workers only once the new ones serve. Idempotent."""
-    from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
-
-    if not getattr(Arbiter.manage_workers, "wsgiproxy", False):
-        Arbiter.manage_workers = _manage_workers_after_ready(Arbiter.manage_workers)
-
-
-# -- Parse refusals (gunicorn/workers/base.py: Worker.handle_error) -------------------------
-def _one_line(text: str) -> str:
-    """``text`` as one short printable line: whitespace runs become one space, control
-    characters are escaped, and anything past ``REFUSAL_TEXT_LIMIT`` is cut."""
-    line = "".join(
-        c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-        for c in " ".join(text.split())
-    )
-    if len(line) > REFUSAL_TEXT_LIMIT:
-        line = line[: REFUSAL_TEXT_LIMIT - 3] + "..."
-    return line
-
-
-_STATUS_OF_PHRASE = {status.phrase: status.value for status in HTTPStatus}
-
-
-def _refusal_kind(status: int) -> str:
-    """The ``X-Proxy-Error`` kind of a gunicorn refusal, named as the proxy's own are."""
-    if status == 403:
-        return "forbidden"
-    if 400 <= status < 500:
-        return "bad-request"
-    if status == 501:
-        return "not-implemented"
-    return "internal-error"
-
-
-def refusal_bytes(status: int, reason: str, message: str) -> bytes:
-    """The whole response for a request gunicorn refused: the proxy's error format.
-
-    The status and reason phrase are gunicorn's, unless the phrase belongs to another
-    status (gunicorn sends "501 Bad Request"); the body is gunicorn's message made one
-    line, or the phrase when it gave none (a 500).
-    """
-    phrase = _one_line(reason)
-    if not phrase or _STATUS_OF_PHRASE.get(phrase, status) != status:
-        phrase = HTTPStatus(status).phrase if status in _STATUS_OF_PHRASE.values() else "Error"
-    body = (_one_line(message) or phrase) + "\n"
-    data = body.encode("utf-8", "replace")
-    head = (
-        f"HTTP/1.1 {status} {phrase}\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(data)}\r\n"
-        f"X-Proxy-Error: {_refusal_kind(status)}\r\n"
-        "Connection: close\r\n"
-        "\r\n"
-    )
-    return head.encode("latin-1", "replace") + data
-
-
-def write_refusal(sock: Any, status_int: int, reason: str, mesg: str) -> None:
-    """Stands in for ``gunicorn.util.write_error``, which only ``Worker.handle_error``
-    calls: same arguments and socket write, the proxy's one-line text instead of HTML."""
-    gunicorn_util.write_nonblock(sock, refusal_bytes(int(status_int), reason, mesg))
-
-
 # -- The socket hand-over ----------------------------------------------------------------------
 def client_socket(environ: dict[str, Any]) -> socket.socket | None:
     """The client's socket under gunicorn (``gunicorn.socket``), None on other servers."""
@@ -547,7 +140,7 @@ def take_over_response(start_response: Any, status: str) -> Any | None:
     or None when the server is not gunicorn.
     """
     response = getattr(start_response, "__self__", None)
-    if not isinstance(response, _GunicornResponse):
+    if not isinstance(response, GUNICORN_RESPONSE):
         return None
     start_response(status, [])
     response.headers_sent = True
@@ -582,7 +175,7 @@ def keep_hop_by_hop_header(start_response: Any, name: str, value: str) -> None:
     token or a value with control characters, which gunicorn would otherwise check.
     """
     response = getattr(start_response, "__self__", None)
-    if not isinstance(response, _GunicornResponse):
+    if not isinstance(response, GUNICORN_RESPONSE):
         return
     if not gunicorn_wsgi.TOKEN_RE.fullmatch(name) or not gunicorn_wsgi.HEADER_VALUE_RE.fullmatch(
         value
@@ -608,11 +201,10 @@ def install(worker: Any | None = None, on_stop_deadline: Callable[[], None] | No
     docstring), and calls ``on_stop_deadline`` just before the graceful deadline of a
     stopping worker.
     """
-    global _worker
     check_gunicorn_version()
-    if worker is not None and _worker is not worker:
-        _worker = worker
-        from gunicorn.workers.gthread import ThreadWorker
+    if worker is not None and stopping._worker is not worker:
+        stopping._worker = worker
+        from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]
 
         if gevent_patched():
             from gunicorn.workers.ggevent import GeventWorker  # type: ignore[import-untyped]
@@ -632,3 +224,26 @@ def install(worker: Any | None = None, on_stop_deadline: Callable[[], None] | No
         if not getattr(ggevent.StreamServer, "batched", False):
             ggevent.StreamServer = _batched_stream_server()
             ggevent.StreamServer.batched = True
+
+
+__all__ = [
+    "ACCEPT_BATCH",
+    "COALESCE_LIMIT",
+    "REFUSAL_TEXT_LIMIT",
+    "VERIFIED_GUNICORN",
+    "WORKER_BOOT_ERROR",
+    "CoalescingResponse",
+    "check_gunicorn_in_master",
+    "check_gunicorn_version",
+    "client_socket",
+    "http_date",
+    "install",
+    "install_in_master",
+    "keep_hop_by_hop_header",
+    "pending_client_bytes",
+    "refusal_bytes",
+    "take_over_response",
+    "version_mismatch",
+    "worker_stopping",
+    "write_refusal",
+]

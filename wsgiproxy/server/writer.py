@@ -1,0 +1,202 @@
+"""gunicorn's response writer, its Date header and its parse refusals, as a proxy needs them.
+
+Part of the gunicorn adapter (``server/gunicorn.py`` checks the version and installs
+these): a small response's head goes out with its first body bytes, ``Date`` is
+formatted once a second, a stopping worker says ``Connection: close``, and a request
+gunicorn's parser refuses gets the proxy's one-line text/plain answer.
+"""
+
+from __future__ import annotations
+
+import time
+from http import HTTPStatus
+from typing import Any
+
+from gunicorn import util as gunicorn_util  # type: ignore[import-untyped]
+from gunicorn.http import wsgi as gunicorn_wsgi  # type: ignore[import-untyped]
+
+from ..buffers import BLOCK
+from .stopping import worker_stopping
+
+#: Body bytes sent together with the head; a longer first write goes out separately
+#: rather than being copied behind the head.
+COALESCE_LIMIT = BLOCK
+
+#: Longest body text of a parse refusal: gunicorn's message may quote a whole request line.
+REFUSAL_TEXT_LIMIT = 300
+
+#: gunicorn's own writer class, whatever ``install()`` later puts in its place.
+GUNICORN_RESPONSE: Any = gunicorn_wsgi.Response
+_format_date = gunicorn_util.http_date
+_date_cache: tuple[int, str] = (0, "")
+
+
+# -- The response writer (gunicorn/http/wsgi.py: Response) ----------------------------------
+class _HeadCatcher:
+    """Stands in for the client socket while gunicorn renders the head."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+
+class CoalescingResponse(GUNICORN_RESPONSE):  # type: ignore[misc]
+    """gunicorn's ``Response``, sending its head with the first body bytes.
+
+    gunicorn writes a head in one ``sendall`` and its body in another; each send is a trip
+    through the kernel's TCP path and a wake-up of the reader. This keeps gunicorn's
+    header rendering and bookkeeping and changes only when the head goes out: it is held
+    back and sent in the same call as the first body bytes, or when the response closes
+    with no body. The bytes on the wire are gunicorn's, unchanged.
+    """
+
+    _pending_head: bytes | None = None
+    sock: Any
+    headers_sent: bool
+    chunked: bool
+
+    def send_headers(self) -> None:
+        """Render the head as gunicorn does, but hold it until there is a body to send.
+
+        A worker that began to stop while this request was in flight says
+        ``Connection: close`` (gunicorn only does so for requests that arrive after):
+        the client then opens its next request elsewhere instead of writing it on a
+        connection the worker is about to close, which is the one race a client cannot
+        tell from a lost request.
+        """
+        if self.headers_sent:
+            return
+        if worker_stopping():
+            self.force_close()
+        sock, catcher = self.sock, _HeadCatcher()
+        self.sock = catcher
+        try:
+            super().send_headers()
+        finally:
+            self.sock = sock
+        self._pending_head = catcher.data
+
+    def flush_head(self) -> None:
+        """Send a held head now (before bytes written to the socket some other way)."""
+        head, self._pending_head = self._pending_head, None
+        if head:
+            self.sock.sendall(head)
+
+    def write(self, arg: bytes) -> None:
+        """gunicorn's write; an empty write also sends a held head."""
+        super().write(arg)
+        if not arg:
+            # An empty write is how a WSGI app pushes the head out early (a stream
+            # about to go quiet): send it now, as gunicorn would.
+            self.flush_head()
+
+    def _emit_body(self, data: bytes) -> None:
+        head = self._pending_head
+        if head is None or len(data) > COALESCE_LIMIT:
+            self.flush_head()
+            super()._emit_body(data)
+            return
+        self._pending_head = None
+        if self.chunked:
+            data = b"%X\r\n%s\r\n" % (len(data), data) if data else b""
+        data = head + data
+        # One send call: gevent's sendall would first ask the kernel for SO_SNDBUF.
+        sent = self.sock.send(data)
+        if sent < len(data):
+            self.sock.sendall(memoryview(data)[sent:])
+
+    def sendfile(self, respiter: Any) -> bool:
+        """gunicorn's sendfile, with a held head sent first when it will use the socket."""
+        # gunicorn's sendfile writes to the socket itself once the head is out: send the
+        # head first, but only when it will get that far (else write() sends it).
+        if (
+            not self.cfg.is_ssl
+            and self.can_sendfile()
+            and gunicorn_util.has_fileno(respiter.filelike)
+        ):
+            self.send_headers()
+            self.flush_head()
+        result: bool = super().sendfile(respiter)
+        return result
+
+    def close(self) -> None:
+        """End the response; a head still held (no body) goes out now."""
+        if not self.headers_sent:
+            self.send_headers()
+        self.flush_head()
+        super().close()
+
+
+# -- The Date header (gunicorn/util.py: http_date) ------------------------------------------
+def http_date(timestamp: float | None = None) -> str:
+    """gunicorn's ``Date`` value, formatted once a second rather than once a response,
+    as nginx does: the text only changes once a second."""
+    global _date_cache
+    if timestamp is not None:
+        return str(_format_date(timestamp))
+    now = time.time()
+    second, text = _date_cache
+    if int(now) != second:
+        text = str(_format_date(now))
+        _date_cache = (int(now), text)
+    return text
+
+
+# -- Parse refusals (gunicorn/workers/base.py: Worker.handle_error) -------------------------
+def _one_line(text: str) -> str:
+    """``text`` as one short printable line: whitespace runs become one space, control
+    characters are escaped, and anything past ``REFUSAL_TEXT_LIMIT`` is cut."""
+    line = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+        for c in " ".join(text.split())
+    )
+    if len(line) > REFUSAL_TEXT_LIMIT:
+        line = line[: REFUSAL_TEXT_LIMIT - 3] + "..."
+    return line
+
+
+_STATUS_OF_PHRASE = {status.phrase: status.value for status in HTTPStatus}
+
+
+def _refusal_kind(status: int) -> str:
+    """The ``X-Proxy-Error`` kind of a gunicorn refusal, named as the proxy's own are."""
+    if status == 403:
+        return "forbidden"
+    if 400 <= status < 500:
+        return "bad-request"
+    if status == 501:
+        return "not-implemented"
+    return "internal-error"
+
+
+def refusal_bytes(status: int, reason: str, message: str) -> bytes:
+    """The whole response for a request gunicorn refused: the proxy's error format.
+
+    The status and reason phrase are gunicorn's, unless the phrase belongs to another
+    status (gunicorn sends "501 Bad Request"); the body is gunicorn's message made one
+    line, or the phrase when it gave none (a 500).
+    """
+    phrase = _one_line(reason)
+    if not phrase or _STATUS_OF_PHRASE.get(phrase, status) != status:
+        phrase = HTTPStatus(status).phrase if status in _STATUS_OF_PHRASE.values() else "Error"
+    body = (_one_line(message) or phrase) + "\n"
+    data = body.encode("utf-8", "replace")
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(data)}\r\n"
+        f"X-Proxy-Error: {_refusal_kind(status)}\r\n"
+        "Connection: close\r\n"
+        "\r\n"
+    )
+    return head.encode("latin-1", "replace") + data
+
+
+def write_refusal(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """Stands in for ``gunicorn.util.write_error``, which only ``Worker.handle_error``
+    calls: same arguments and socket write, the proxy's one-line text instead of HTML."""
+    gunicorn_util.write_nonblock(sock, refusal_bytes(int(status_int), reason, mesg))

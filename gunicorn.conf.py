@@ -77,6 +77,9 @@ access_log_format = (
     "upstream_status=%({wsgiproxy.upstream_status}e)s "
     'request_id=%({wsgiproxy.request_id}e)s "%(a)s"'
 )
+if _settings.server.access_log_format == "json":
+    # One JSON object a line, escaped by json (wsgiproxy/server/access_log.py).
+    logger_class = "wsgiproxy.server.access_log.JsonAccessLogger"
 
 
 # -- Hooks -----------------------------------------------------------------------------

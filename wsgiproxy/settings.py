@@ -67,6 +67,7 @@ VARIABLES: dict[str, Kind] = {
     "PROXY_THREADS": Kind.INT,
     "PROXY_LOG_LEVEL": Kind.TEXT,
     "PROXY_ACCESS_LOG": Kind.TEXT,
+    "PROXY_ACCESS_LOG_FORMAT": Kind.TEXT,
     "PROXY_GRACEFUL_TIMEOUT": Kind.NUMBER,
     "PROXY_MAX_REQUESTS": Kind.INT,
     "PROXY_UPSTREAM": Kind.TEXT,
@@ -127,6 +128,8 @@ class ServerSettings:
     threads: int
     log_level: str
     access_log: str | None
+    #: ``text`` (gunicorn's line, with the proxy's fields) or ``json`` (one object a line).
+    access_log_format: str
     #: Seconds a stopping or replaced worker has to finish its requests (PROXY_GRACEFUL_TIMEOUT).
     graceful_timeout: float
     #: Requests after which a worker is replaced, with jitter; 0: never (PROXY_MAX_REQUESTS).
@@ -293,6 +296,9 @@ class Settings:
                 threads=env.get("PROXY_THREADS", values.positive_int, 32),
                 log_level=env.get("PROXY_LOG_LEVEL", values.choice(_LOG_LEVELS), "info"),
                 access_log=env.environ.get("PROXY_ACCESS_LOG", "-").strip() or None,
+                access_log_format=env.get(
+                    "PROXY_ACCESS_LOG_FORMAT", values.choice(("text", "json")), "text"
+                ),
                 graceful_timeout=env.get("PROXY_GRACEFUL_TIMEOUT", values.positive_seconds, 30.0),
                 max_requests=env.get("PROXY_MAX_REQUESTS", values.non_negative_int, 0),
             ),

@@ -9,6 +9,7 @@ close``, is what a real client handles by reconnecting.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -229,10 +230,16 @@ def test_usr2_then_term_of_the_old_master_loses_nothing(
                 return next((pid for pid in masters if len(_children(pid)) >= 2), None)
 
             wait_until(lambda: new_master() is not None, 15, "a new master with its workers")
-            time.sleep(2.0)  # its workers load the app meanwhile; the queue holds the rest
+            fresh = new_master()
+            assert fresh is not None
+
+            def new_workers_serve() -> bool:
+                answer = request(proxy.port, "GET", "/_proxy/health", timeout=5)
+                return int(json.loads(answer.body)["pid"]) in _children(fresh)
+
+            wait_until(new_workers_serve, 15, "the new master's workers to serve")
             old.send_signal(signal.SIGTERM)
             assert old.wait(GRACEFUL + 2) == 0
-            time.sleep(1.0)
             assert request(proxy.port, "GET", "/echo").status == 200
         finally:
             report = load.stop()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.client import request
+from tests.support.client import keep_alive_gets, request
 from tests.support.ports import closed_port
 from tests.support.proxy import Proxy
 from tests.support.stress import run_concurrently
@@ -66,18 +66,9 @@ def upstream_health(proxy: Proxy, route: str = "/") -> list[dict[str, object]]:
     return servers
 
 
-def keep_alive_gets(port: int, count: int, path: str = "/echo") -> list[int]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    statuses = []
-    try:
-        for i in range(count):
-            conn.request("GET", f"{path}?i={i}")
-            reply = conn.getresponse()
-            reply.read()
-            statuses.append(reply.status)
-    finally:
-        conn.close()
-    return statuses
+def echo_gets(port: int, count: int) -> list[int]:
+    """``count`` GETs of ``/echo?i=N`` on one keep-alive connection."""
+    return keep_alive_gets(port, [f"/echo?i={i}" for i in range(count)])
 
 
 # --- balancing --------------------------------------------------------------------------
@@ -88,7 +79,7 @@ def test_weights_share_requests_out_smoothly(proxies: Callable[..., Proxy]) -> N
     others idle."""
     with upstreams(3) as (a, b, c):
         proxy = proxies("gevent", 2, PROXY_UPSTREAM=group([a, b, c], "", "weight=2", "weight=3"))
-        results = run_concurrently(6, lambda i: keep_alive_gets(proxy.port, 300))
+        results = run_concurrently(6, lambda i: echo_gets(proxy.port, 300))
         assert all(s == [200] * 300 for s in results)
         counts = [len(a.requests), len(b.requests), len(c.requests)]
         assert sum(counts) == 1800
@@ -96,7 +87,7 @@ def test_weights_share_requests_out_smoothly(proxies: Callable[..., Proxy]) -> N
             assert abs(got - 1800 * weight / 6) <= 1800 * 0.03, counts
     with upstreams(3) as (a, b, c):
         one = proxies("gevent", 1, PROXY_UPSTREAM=group([a, b, c], "", "weight=2", "weight=3"))
-        keep_alive_gets(one.port, 60)  # one client, one worker: the balancer's own order
+        echo_gets(one.port, 60)  # one client, one worker: the balancer's own order
         where = {
             r.target: name for name, s in zip("abc", (a, b, c), strict=True) for r in s.requests
         }
@@ -113,7 +104,7 @@ def test_least_conn_sends_fewer_requests_to_a_slow_server(
     with upstreams(2) as (slow, fast):
         slow.delay = 0.2
         proxy = proxies("gevent", 2, PROXY_UPSTREAM=group([slow, fast]), PROXY_BALANCE="least_conn")
-        run_concurrently(12, lambda i: keep_alive_gets(proxy.port, 15))
+        run_concurrently(12, lambda i: echo_gets(proxy.port, 15))
         assert len(slow.requests) + len(fast.requests) == 180
         assert len(slow.requests) * 4 < len(fast.requests), (
             len(slow.requests),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.client import Reply, gated, request
+from tests.support.client import Reply, gated, keep_alive_gets, request
 from tests.support.proxy import Proxy
 from tests.support.stress import Threads, run_concurrently
 from tests.support.upstream_server import UpstreamServer
@@ -165,17 +165,7 @@ def test_pool_disabled_opens_a_connection_per_request(
 
 def _keep_alive_client(port: int, requests: int, delay: float) -> list[int]:
     """One client on one keep-alive connection: ``requests`` slow requests in a row."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    statuses = []
-    try:
-        for _ in range(requests):
-            conn.request("GET", f"/slow?delay={delay}")
-            reply = conn.getresponse()
-            reply.read()
-            statuses.append(reply.status)
-    finally:
-        conn.close()
-    return statuses
+    return keep_alive_gets(port, [f"/slow?delay={delay}"] * requests)
 
 
 @pytest.mark.parametrize("worker_class", WORKERS)

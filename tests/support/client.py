@@ -106,3 +106,19 @@ def gated(
         assert resp.read() == b"rest\n"
     finally:
         conn.close()
+
+
+def keep_alive_gets(port: int, targets: list[str], timeout: float = 30.0) -> list[int]:
+    """One client on one keep-alive connection: a GET of each target in a row; the
+    statuses, in order."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    statuses = []
+    try:
+        for target in targets:
+            conn.request("GET", target)
+            reply = conn.getresponse()
+            reply.read()
+            statuses.append(reply.status)
+    finally:
+        conn.close()
+    return statuses

@@ -36,12 +36,13 @@ def run(
     env: Mapping[str, str] | None = None,
     timeout: float = 60.0,
     check: bool = False,
+    cwd: Path = ROOT,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` to its end from the repository with a clean environment (plus ``env``),
-    bounded by ``timeout``; its output is captured as text."""
+    """Run ``argv`` to its end from ``cwd`` (the repository unless told) with a clean
+    environment (plus ``env``), bounded by ``timeout``; its output is captured as text."""
     return subprocess.run(
         list(argv),
-        cwd=ROOT,
+        cwd=cwd,
         env=clean_env(**(env or {})),
         capture_output=True,
         text=True,

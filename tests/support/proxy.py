@@ -93,15 +93,16 @@ def _launch(
     log_path: Path,
     env: dict[str, str],
     listener: socket.socket | None = None,
+    cwd: Path = ROOT,
 ) -> Proxy:
-    """Start ``argv`` in its own process group, its output to ``log_path``, and wait for
-    the proxy to answer on ``port``; stop it if it does not. ``listener`` is handed to
-    the child and closed here once it has it."""
+    """Start ``argv`` from ``cwd`` in its own process group, its output to ``log_path``,
+    and wait for the proxy to answer on ``port``; stop it if it does not. ``listener`` is
+    handed to the child and closed here once it has it."""
     try:
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(
                 argv,
-                cwd=ROOT,
+                cwd=cwd,
                 env=env,
                 pass_fds=() if listener is None else (listener.fileno(),),
                 stdout=log_file,
@@ -145,6 +146,29 @@ def start_gunicorn(
             PROXY_WORKER_CLASS=worker_class, PROXY_WORKERS=str(workers), PROXY_THREADS="16", **env
         ),
         listener=sock,
+    )
+
+
+def start_command(tmp_path: Path, argv: list[str], cwd: Path = ROOT, **env: str) -> Proxy:
+    """``argv`` (``wsgiproxy run`` as installed, or ``python -m wsgiproxy run``) plus
+    gunicorn options for a pre-bound socket and a short graceful stop, run from ``cwd``."""
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    return _launch(
+        "wsgiproxy-run",
+        port,
+        [
+            *argv,
+            "--bind",
+            f"fd://{sock.fileno()}",
+            "--no-control-socket",
+            "--graceful-timeout",
+            "3",
+        ],
+        tmp_path / f"wsgiproxy-run-{port}.log",
+        clean_env(**env),
+        listener=sock,
+        cwd=cwd,
     )
 
 

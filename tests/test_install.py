@@ -1,0 +1,215 @@
+"""``pip install .`` into a fresh virtualenv, and the ``wsgiproxy`` command it installs,
+run from a directory that holds no checkout: what an operator who installs the proxy gets.
+Also ``python -m wsgiproxy run`` from the checkout, and what pyproject.toml declares."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from tests.support.client import request
+from tests.support.processes import ROOT, run, run_python
+from tests.support.proxy import Proxy, start_command
+from tests.support.upstream_server import UpstreamServer
+from tests.support.wait import wait_until
+
+# Installing takes seconds from the package index, the first test pays for it.
+pytestmark = pytest.mark.timeout(300)
+
+
+def package_files(root: Path) -> set[str]:
+    """The package's .py files, relative to the directory that holds ``wsgiproxy/``."""
+    return {
+        str(path.relative_to(root))
+        for path in (root / "wsgiproxy").rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv with the checkout installed as ``pip install .`` installs it.
+
+    The install reads a copy of the checkout's files, so the build's leftovers (build/,
+    *.egg-info) do not land in the checkout."""
+    root = tmp_path_factory.mktemp("install")
+    source = root / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(
+        ROOT / "wsgiproxy", source / "wsgiproxy", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    made = run([sys.executable, "-m", "venv", str(root / "venv")], timeout=120)
+    assert made.returncode == 0, made.stderr
+    python = root / "venv" / "bin" / "python"
+    installed = run([str(python), "-m", "pip", "install", "-q", str(source)], timeout=280)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    return root / "venv"
+
+
+def outside(venv: Path, tmp_path: Path, *argv: str, **env: str) -> tuple[int, str, str]:
+    """Run one of the venv's programs from ``tmp_path``, where no checkout is importable."""
+    program, *args = argv
+    result = run([str(venv / "bin" / program), *args], env={"PYTHONPATH": "", **env}, cwd=tmp_path)
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_pip_install_gives_the_command_the_whole_package_and_runtime_deps_only(
+    venv: Path, tmp_path: Path
+) -> None:
+    status, out, err = outside(venv, tmp_path, "wsgiproxy", "--version")
+    assert (status, out, err) == (0, f"wsgiproxy {version()}\n", "")
+
+    code = (
+        "import importlib.util, pathlib, wsgiproxy\n"
+        "print(pathlib.Path(wsgiproxy.__file__).parent.parent)\n"
+        "print(importlib.util.find_spec('pytest') is None)\n"
+    )
+    status, out, err = outside(venv, tmp_path, "python", "-c", code)
+    assert status == 0, err
+    site, no_pytest = out.split()
+    # The installed copy, not the checkout, and every module of it (none left behind by
+    # the package list), the gunicorn config file included.
+    assert Path(site).is_relative_to(venv), site
+    assert package_files(Path(site)) == package_files(ROOT)
+    assert no_pytest == "True", "the tests' dependencies were installed with the proxy"
+
+    status, out, err = outside(venv, tmp_path, "python", "-m", "pip", "check")
+    assert status == 0, out + err
+
+
+def test_check_and_status_answer_as_python_m_wsgiproxy_does(
+    venv: Path, tmp_path: Path, upstream: UpstreamServer
+) -> None:
+    """The installed ``wsgiproxy check`` says what the checkout's ``python -m wsgiproxy
+    check`` says, word for word, on a good configuration and on a bad file."""
+    config = tmp_path / "proxy.toml"
+    for text in (f'PROXY_UPSTREAM = "{upstream.url}"\n', 'PROXY_UPSTREAM = "ftp://x"\n'):
+        config.write_text(text)
+        env = {"PROXY_CONFIG": str(config)}
+        installed = outside(venv, tmp_path, "wsgiproxy", "check", **env)
+        checkout = run_python("-m", "wsgiproxy", "check", env=env)
+        assert installed == (checkout.returncode, checkout.stdout, checkout.stderr)
+    assert installed[0] == 2 and "PROXY_UPSTREAM='ftp://x'" in installed[2]
+
+
+def test_run_serves_with_the_settings_reloads_on_hup_and_stops_on_term(
+    venv: Path, tmp_path: Path, upstream: UpstreamServer
+) -> None:
+    """``wsgiproxy run`` reads the environment and PROXY_CONFIG as gunicorn.conf.py does,
+    re-reads the file on HUP, answers ``wsgiproxy status``, and stops cleanly on TERM."""
+    config = tmp_path / "proxy.toml"
+    config.write_text(f'PROXY_UPSTREAM = "{upstream.url}/echo/first"\n')
+    proxy = start_command(
+        tmp_path,
+        [str(venv / "bin" / "wsgiproxy"), "run"],
+        cwd=tmp_path,
+        PYTHONPATH="",
+        PROXY_CONFIG=str(config),
+        PROXY_WORKERS="2",
+    )
+    try:
+        assert served_by(proxy) == "/echo/first"
+        assert "wsgiproxy: configuration" not in proxy.log()  # said on reload only
+        status, out, err = outside(venv, tmp_path, "wsgiproxy", "status", proxy.url)
+        assert status == 0 and re.match(r"status\s+ok\s+worker pid \d+", out), out + err
+
+        draft = config.with_suffix(".draft")
+        draft.write_text(f'PROXY_UPSTREAM = "{upstream.url}/echo/second"\n')
+        draft.replace(config)
+        assert proxy.proc is not None
+        os.kill(proxy.proc.pid, signal.SIGHUP)
+        wait_until(lambda: reaches(proxy, "/echo/second"), 30, "the reloaded upstream to serve")
+        assert "wsgiproxy: configuration reloaded (1 route, 1 server)" in proxy.log()
+    finally:
+        proxy.stop()
+    assert proxy.proc.returncode == 0, proxy.log()[-3000:]
+    assert "Shutting down: Master" in proxy.log()
+
+
+def test_python_m_wsgiproxy_run_from_the_checkout(tmp_path: Path, upstream: UpstreamServer) -> None:
+    """The same command without installing; a gunicorn option after ``run`` wins over the
+    file (here the access log, which the settings leave on)."""
+    proxy = start_command(
+        tmp_path,
+        [sys.executable, "-m", "wsgiproxy", "run", "--access-logfile", str(tmp_path / "acc")],
+        PROXY_UPSTREAM=f"{upstream.url}/echo",
+    )
+    try:
+        assert served_by(proxy) == "/echo"
+        wait_until(
+            lambda: '"GET /x HTTP/1.1" 200' in (tmp_path / "acc").read_text(),
+            10,
+            "the request in the access log named on the command line",
+        )
+    finally:
+        proxy.stop()
+    assert proxy.proc is not None and proxy.proc.returncode == 0, proxy.log()[-3000:]
+
+
+def test_a_namesake_in_the_environment_is_refused(tmp_path: Path) -> None:
+    """WSGIProxy2 (and the older WSGIProxy) install an import package named ``wsgiproxy``
+    too: with one of them installed beside it the command says so instead of failing
+    somewhere inside the other's files."""
+    dist_info = tmp_path / "WSGIProxy2-0.5.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: WSGIProxy2\nVersion: 0.5.1\n")
+    result = run_python("-m", "wsgiproxy", "check", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr.startswith("wsgiproxy: WSGIProxy2 is installed in this environment")
+    assert len(result.stderr.splitlines()) == 1 and not result.stdout
+
+
+def test_pyproject_declares_what_requirements_txt_pins() -> None:
+    """The runtime and test dependencies are declared apart, by the same names, and the
+    versions `make` installs and tests satisfy what pyproject.toml asks of an install."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {
+        "runtime": [Requirement(line) for line in project["dependencies"]],
+        "test": [Requirement(line) for line in project["optional-dependencies"]["test"]],
+    }
+    pinned: dict[str, list[Requirement]] = {"runtime": [], "test": []}
+    part = "runtime"
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        if line.strip() == "# Tests":
+            part = "test"
+        elif line.strip() and not line.startswith("#"):
+            pinned[part].append(Requirement(line))
+    for part, requirements in declared.items():
+        pins = {pin.name.lower(): pin for pin in pinned[part]}
+        assert {r.name.lower() for r in requirements} == set(pins), part
+        for requirement in requirements:
+            pin = pins[requirement.name.lower()]
+            assert requirement.extras == pin.extras, requirement
+            (version,) = [spec.version for spec in pin.specifier]
+            assert requirement.specifier.contains(version), (requirement, version)
+
+
+def version() -> str:
+    return run_python("-m", "wsgiproxy", "--version").stdout.split()[1]
+
+
+def served_by(proxy: Proxy) -> str:
+    """The base path of the upstream that answered a fresh request (the upstream echoes
+    the target it got)."""
+    reply = request(proxy.port, "GET", "/x")
+    assert reply.status == 200, reply
+    target: str = json.loads(reply.body)["target"]
+    return target.removesuffix("/x")
+
+
+def reaches(proxy: Proxy, base: str) -> bool:
+    try:
+        return served_by(proxy) == base
+    except OSError:
+        return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import re
 import shutil
 import socket
 import subprocess
@@ -72,18 +73,28 @@ def request(
         conn.close()
 
 
-def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
-    """Send raw bytes, read until the server closes or ``timeout``; return all received."""
+def raw_exchange(port: int, data: bytes, timeout: float = 10.0, first_reply: bool = False) -> bytes:
+    """Send raw bytes, read until the server closes or ``timeout``; return all received.
+
+    With ``first_reply``, stop as soon as one whole response with a ``Content-Length`` is
+    in (a server may keep the connection open after it, as after a well-formed request
+    it refused)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
-        chunks = []
+        received = b""
         with contextlib.suppress(TimeoutError, ConnectionResetError):
-            while True:
+            while not (first_reply and _whole_response(received)):
                 chunk = sock.recv(65536)
                 if not chunk:
                     break
-                chunks.append(chunk)
-        return b"".join(chunks)
+                received += chunk
+        return received
+
+
+def _whole_response(received: bytes) -> bool:
+    head, found, body = received.partition(b"\r\n\r\n")
+    length = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.IGNORECASE)
+    return bool(found) and length is not None and len(body) >= int(length.group(1))
 
 
 @contextlib.contextmanager

@@ -392,6 +392,9 @@ class UpstreamServer:
                 except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                     continue
                 sock.setblocking(True)
+                # As gunicorn and nginx do: a head and a body sent apart would otherwise
+                # wait for the proxy's delayed ACK (40 ms) on a reused connection.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._register(sock)
         except Exception as exc:  # pragma: no cover - a bug in the server
             with self._cond:

@@ -4,7 +4,6 @@ check``."""
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -16,41 +15,12 @@ import pytest
 from tests.support.client import request
 from tests.support.processes import run_python
 from tests.support.proxy import Proxy
+from tests.support.reloading import reaches, served_by, write_config, write_text
 from tests.support.upstream_server import UpstreamServer
 from tests.support.wait import wait_until
 
 WORKER_CLASSES = ["gevent", "gthread"]
 REFUSED = "reload refused, the previous configuration keeps serving"
-
-
-def write_config(path: Path, **values: str | int | bool) -> None:
-    """A PROXY_CONFIG file of top-level KEY = value pairs (written whole, then renamed, as
-    an operator's editor or config management would)."""
-    lines = [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-    write_text(path, "\n".join(lines) + "\n")
-
-
-def write_text(path: Path, text: str) -> None:
-    draft = path.with_suffix(".draft")
-    draft.write_text(text)
-    draft.replace(path)
-
-
-def served_by(proxy: Proxy) -> str:
-    """Which upstream answered a fresh request: the base path its target started with."""
-    reply = request(proxy.port, "GET", "/x")
-    assert reply.status == 200, reply
-    target: str = json.loads(reply.body)["target"]
-    return target.removesuffix("/x")
-
-
-def reaches(proxy: Proxy, base: str) -> bool:
-    """True once a fresh request is served by the upstream at ``base``; a connection the
-    reload reset counts as not yet (the trickle test is the one that counts those)."""
-    try:
-        return served_by(proxy) == base
-    except OSError:
-        return False
 
 
 def replaced(proxy: Proxy, before: int) -> bool:

@@ -4,7 +4,6 @@ Also ``python -m wsgiproxy run`` from the checkout, and what pyproject.toml decl
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -16,9 +15,9 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from tests.support.client import request
 from tests.support.processes import ROOT, run, run_python
-from tests.support.proxy import Proxy, start_command
+from tests.support.proxy import start_command
+from tests.support.reloading import reaches, served_by, write_config
 from tests.support.upstream_server import UpstreamServer
 from tests.support.wait import wait_until
 
@@ -109,7 +108,7 @@ def test_run_serves_with_the_settings_reloads_on_hup_and_stops_on_term(
     """``wsgiproxy run`` reads the environment and PROXY_CONFIG as gunicorn.conf.py does,
     re-reads the file on HUP, answers ``wsgiproxy status``, and stops cleanly on TERM."""
     config = tmp_path / "proxy.toml"
-    config.write_text(f'PROXY_UPSTREAM = "{upstream.url}/echo/first"\n')
+    write_config(config, PROXY_UPSTREAM=f"{upstream.url}/echo/first")
     proxy = start_command(
         tmp_path,
         [str(venv / "bin" / "wsgiproxy"), "run"],
@@ -124,9 +123,7 @@ def test_run_serves_with_the_settings_reloads_on_hup_and_stops_on_term(
         status, out, err = outside(venv, tmp_path, "wsgiproxy", "status", proxy.url)
         assert status == 0 and re.match(r"status\s+ok\s+worker pid \d+", out), out + err
 
-        draft = config.with_suffix(".draft")
-        draft.write_text(f'PROXY_UPSTREAM = "{upstream.url}/echo/second"\n')
-        draft.replace(config)
+        write_config(config, PROXY_UPSTREAM=f"{upstream.url}/echo/second")
         assert proxy.proc is not None
         os.kill(proxy.proc.pid, signal.SIGHUP)
         wait_until(lambda: reaches(proxy, "/echo/second"), 30, "the reloaded upstream to serve")
@@ -197,19 +194,3 @@ def test_pyproject_declares_what_requirements_txt_pins() -> None:
 
 def version() -> str:
     return run_python("-m", "wsgiproxy", "--version").stdout.split()[1]
-
-
-def served_by(proxy: Proxy) -> str:
-    """The base path of the upstream that answered a fresh request (the upstream echoes
-    the target it got)."""
-    reply = request(proxy.port, "GET", "/x")
-    assert reply.status == 200, reply
-    target: str = json.loads(reply.body)["target"]
-    return target.removesuffix("/x")
-
-
-def reaches(proxy: Proxy, base: str) -> bool:
-    try:
-        return served_by(proxy) == base
-    except OSError:
-        return False

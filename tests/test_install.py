@@ -4,10 +4,12 @@ Also ``python -m wsgiproxy run`` from the checkout, and what pyproject.toml decl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -15,8 +17,10 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from tests.support.processes import ROOT, run, run_python
-from tests.support.proxy import start_command
+from tests.support.client import request
+from tests.support.ports import closed_port
+from tests.support.processes import ROOT, clean_env, run, run_python
+from tests.support.proxy import Proxy, start_command
 from tests.support.reloading import reaches, served_by, write_config
 from tests.support.upstream_server import UpstreamServer
 from tests.support.wait import wait_until
@@ -152,6 +156,58 @@ def test_python_m_wsgiproxy_run_from_the_checkout(tmp_path: Path, upstream: Upst
     finally:
         proxy.stop()
     assert proxy.proc is not None and proxy.proc.returncode == 0, proxy.log()[-3000:]
+
+
+def test_make_run_serves_on_the_bind_it_is_given(tmp_path: Path, upstream: UpstreamServer) -> None:
+    """``make run``, the README's first command, still starts gunicorn with gevent workers
+    from the checkout's gunicorn.conf.py (here on a free port instead of 8080)."""
+    port = closed_port()
+    log = tmp_path / "make-run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["make", "-s", "run"],
+            cwd=ROOT,
+            env=clean_env(PROXY_BIND=f"127.0.0.1:{port}", PROXY_UPSTREAM=f"{upstream.url}/echo"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    proxy = Proxy(port, "make-run", proc, log)
+    try:
+        wait_until(lambda: answers(proxy), 60, "make run to serve")
+        assert served_by(proxy) == "/echo"
+        assert "Using worker: gevent" in proxy.log()
+    finally:
+        # make, gunicorn and its workers share the group: TERM is gunicorn's graceful stop,
+        # and make waits for its child before it exits.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+            left = group_alive(proc.pid)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert not left, "a process of make run outlived it"
+    assert "Shutting down: Master" in proxy.log()
+
+
+def answers(proxy: Proxy) -> bool:
+    """True once the proxy answers health; fails at once when its command has exited."""
+    if proxy.proc is not None and proxy.proc.poll() is not None:
+        raise AssertionError(f"{proxy.kind} exited with {proxy.proc.returncode}:\n{proxy.log()}")
+    try:
+        return request(proxy.port, "GET", "/_proxy/health", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+def group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_a_namesake_in_the_environment_is_refused(tmp_path: Path) -> None:

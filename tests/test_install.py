@@ -91,11 +91,12 @@ def test_pip_install_gives_the_command_the_whole_package_and_runtime_deps_only(
     assert status == 0, out + err
 
 
-def test_check_and_status_answer_as_python_m_wsgiproxy_does(
+def test_check_answers_as_python_m_wsgiproxy_does_and_run_refuses_the_same(
     venv: Path, tmp_path: Path, upstream: UpstreamServer
 ) -> None:
     """The installed ``wsgiproxy check`` says what the checkout's ``python -m wsgiproxy
-    check`` says, word for word, on a good configuration and on a bad file."""
+    check`` says, word for word, on a good configuration and on a bad file; ``wsgiproxy
+    run`` refuses the bad file with the same line and status, before serving anything."""
     config = tmp_path / "proxy.toml"
     for text in (f'PROXY_UPSTREAM = "{upstream.url}"\n', 'PROXY_UPSTREAM = "ftp://x"\n'):
         config.write_text(text)
@@ -104,6 +105,7 @@ def test_check_and_status_answer_as_python_m_wsgiproxy_does(
         checkout = run_python("-m", "wsgiproxy", "check", env=env)
         assert installed == (checkout.returncode, checkout.stdout, checkout.stderr)
     assert installed[0] == 2 and "PROXY_UPSTREAM='ftp://x'" in installed[2]
+    assert outside(venv, tmp_path, "wsgiproxy", "run", **env) == installed
 
 
 def test_run_serves_with_the_settings_reloads_on_hup_and_stops_on_term(

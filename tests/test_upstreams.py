@@ -5,6 +5,7 @@ file, opened twice as two workers would."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -163,6 +164,25 @@ def test_two_workers_share_ejection_and_in_flight(tmp_path: Path) -> None:
     assert a1.in_flight() == 1 and a1.shared.counts(0) == (1, 1, 0)
     two_state.close()
     one.close()
+
+
+def test_a_worker_beyond_the_tables_slots_serves_with_its_own_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """More workers than the master sized the table for (gunicorn's -w, kill -TTIN):
+    failing would stop the worker booting, and gunicorn would stop the whole server."""
+    path = str(tmp_path / "state")
+    shared.create(path, servers=2, slots=1)
+    taken = SharedState(path, 2, pid=os.getppid())  # a live process holds the only slot
+    with caplog.at_level(logging.WARNING, logger="wsgiproxy"):
+        ups = upstreams(path, PROXY_UPSTREAM="http://a http://b")
+    assert "has no free worker slot of 1" in caplog.text
+    assert "set PROXY_WORKERS" in caplog.text
+    assert ups.servers[0].failed(50.0)
+    assert ups.servers[0].ejected_now(55.0)
+    assert taken.record(0).ejected_until == 0.0  # its own state, not the full table
+    ups.close()
+    taken.close()
 
 
 def test_a_table_made_for_another_configuration_is_refused(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ refused only because all are marked.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 
@@ -19,7 +20,9 @@ from ..server_lists import ServerSpec
 from ..settings import BalancingSettings, RequestSettings
 from .balance import balancer
 from .server import Ejection, Server
-from .shared import ENV, SharedState
+from .shared import ENV, SharedState, SlotsFull
+
+log = logging.getLogger(__name__)
 
 
 class Group:
@@ -90,7 +93,7 @@ class Upstreams:
             groups.append(("/", requests.upstream))
         count = sum(len(specs) for _, specs in groups)
         path = shared_path if shared_path is not None else os.environ.get(ENV) or None
-        self.shared = SharedState(path, count) if path else SharedState(None, count)
+        self.shared = _shared_state(path, count)
         servers: list[Server] = []
 
         def server(prefix: str, spec: ServerSpec) -> Server:
@@ -160,3 +163,24 @@ class Upstreams:
 
     def close(self) -> None:
         self.shared.close()
+
+
+def _shared_state(path: str | None, servers: int) -> SharedState:
+    """The master's table, or this process's own when there is none or it is full.
+
+    A full table means more workers than the master sized it for; failing here would
+    stop the worker from booting, and gunicorn would then stop the whole server. The
+    worker serves instead, with ejections and in-flight counts of its own.
+    """
+    if not path:
+        return SharedState(None, servers)
+    try:
+        return SharedState(path, servers)
+    except SlotsFull as exc:
+        log.warning(
+            "wsgiproxy: %s (more workers run than PROXY_WORKERS made room for); this "
+            "worker keeps its own ejections and in-flight counts: set PROXY_WORKERS "
+            "rather than gunicorn's -w or kill -TTIN",
+            exc,
+        )
+        return SharedState(None, servers)

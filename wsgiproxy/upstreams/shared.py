@@ -69,6 +69,11 @@ def create(path: str, servers: int, slots: int) -> None:
         handle.write(data)
 
 
+class SlotsFull(RuntimeError):
+    """Every worker slot of the table belongs to a live process: more workers run than
+    the master made room for (gunicorn's ``-w`` or ``kill -TTIN`` beyond PROXY_WORKERS)."""
+
+
 class SharedState:
     """This process's view of the table: its own slot, and every server's record."""
 
@@ -116,7 +121,7 @@ class SharedState:
                     ints[_HEADER + slot] = pid
                     self._clear_row(slot)
                     return slot
-        raise RuntimeError(
+        raise SlotsFull(
             f"shared upstream state {self.path} has no free worker slot of {self.slots}"
         )
 

@@ -54,8 +54,16 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     made = run([sys.executable, "-m", "venv", str(root / "venv")], timeout=120)
     assert made.returncode == 0, made.stderr
+    # The versions `make` pins and the suite runs with (a constraint may not name extras).
+    constraints = root / "constraints.txt"
+    constraints.write_text(
+        re.sub(r"\[[^\]]*\]", "", (ROOT / "requirements.txt").read_text()), encoding="utf-8"
+    )
     python = root / "venv" / "bin" / "python"
-    installed = run([str(python), "-m", "pip", "install", "-q", str(source)], timeout=280)
+    installed = run(
+        [str(python), "-m", "pip", "install", "-q", "-c", str(constraints), str(source)],
+        timeout=280,
+    )
     assert installed.returncode == 0, installed.stdout + installed.stderr
     return root / "venv"
 
@@ -160,6 +168,36 @@ def test_python_m_wsgiproxy_run_from_the_checkout(tmp_path: Path, upstream: Upst
     assert proxy.proc is not None and proxy.proc.returncode == 0, proxy.log()[-3000:]
 
 
+def test_run_with_more_workers_than_proxy_workers_still_serves(
+    tmp_path: Path, upstream: UpstreamServer
+) -> None:
+    """gunicorn's -w after ``run`` wins over PROXY_WORKERS (1: a shared upstream table of
+    8 worker slots). The ninth worker serves with state of its own and says so, where it
+    used to fail to boot and take the whole server down with it."""
+    proxy = start_command(
+        tmp_path,
+        [sys.executable, "-m", "wsgiproxy", "run", "-w", "9"],
+        PROXY_UPSTREAM=f"{upstream.url}/echo",
+        PROXY_WORKERS="1",
+    )
+    warning = re.compile(r"\[(\d+)\] \[WARNING\] wsgiproxy: .* has no free worker slot of 8")
+    try:
+        wait_until(
+            lambda: warning.search(proxy.log()) is not None,
+            60,
+            "the ninth worker to say it has no slot of the shared table",
+        )
+        match = warning.search(proxy.log())
+        assert match is not None
+        slotless = int(match.group(1))
+        # Fresh connections land on any of the nine workers: this one answers too.
+        wait_until(lambda: proxy.health()["pid"] == slotless, 30, "the slotless worker")
+        assert served_by(proxy) == "/echo"
+        assert "Worker failed to boot" not in proxy.log()
+    finally:
+        proxy.stop()
+
+
 def test_make_run_serves_on_the_bind_it_is_given(tmp_path: Path, upstream: UpstreamServer) -> None:
     """``make run``, the README's first command, still starts gunicorn with gevent workers
     from the checkout's gunicorn.conf.py (here on a free port instead of 8080)."""
@@ -169,7 +207,12 @@ def test_make_run_serves_on_the_bind_it_is_given(tmp_path: Path, upstream: Upstr
         proc = subprocess.Popen(
             ["make", "-s", "run"],
             cwd=ROOT,
-            env=clean_env(PROXY_BIND=f"127.0.0.1:{port}", PROXY_UPSTREAM=f"{upstream.url}/echo"),
+            # gunicorn's control socket goes under XDG_RUNTIME_DIR: not the user's own.
+            env=clean_env(
+                PROXY_BIND=f"127.0.0.1:{port}",
+                PROXY_UPSTREAM=f"{upstream.url}/echo",
+                XDG_RUNTIME_DIR=str(tmp_path),
+            ),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -210,6 +253,15 @@ def group_alive(group: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_run_refuses_a_gunicorn_config_file_of_its_own(venv: Path, tmp_path: Path) -> None:
+    """gunicorn reads one config file: another would drop every proxy setting and hook."""
+    for options in (["-c", "mine.py"], ["--config=mine.py"], ["-cmine.py"]):
+        status, out, err = outside(venv, tmp_path, "wsgiproxy", "run", *options)
+        assert status == 2 and not out, (options, out, err)
+        assert err.startswith("wsgiproxy: run reads its own gunicorn config file"), err
+        assert len(err.splitlines()) == 1, err
 
 
 def test_a_namesake_in_the_environment_is_refused(tmp_path: Path) -> None:

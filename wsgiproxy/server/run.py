@@ -26,9 +26,28 @@ def gunicorn_arguments(options: list[str]) -> list[str]:
     return [APP, "-c", str(CONFIG_FILE), *options]
 
 
+def own_config_file(options: list[str]) -> str | None:
+    """The option naming another gunicorn config file, if any: gunicorn reads one file
+    only, so it would replace this one, and with it every setting and hook of the proxy."""
+    for option in options:
+        if option in ("-c", "--config") or option.startswith(("--config=", "--paste")):
+            return option
+        if option.startswith("-c") and not option.startswith("--"):
+            return option
+    return None
+
+
 def run(options: list[str]) -> int:
     """Run gunicorn's arbiter until it stops; gunicorn exits the process itself on an
     error (status 2 for a refused setting, as with the gunicorn command)."""
+    replaced = own_config_file(options)
+    if replaced is not None:
+        print(
+            f"wsgiproxy: run reads its own gunicorn config file; {replaced!r} would replace "
+            f"it and every proxy setting: set PROXY_* variables or PROXY_CONFIG instead",
+            file=sys.stderr,
+        )
+        return 2
     from gunicorn.app.wsgiapp import WSGIApplication  # type: ignore[import-untyped]
 
     class Application(WSGIApplication):  # type: ignore[misc]

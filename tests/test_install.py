@@ -168,6 +168,52 @@ def test_python_m_wsgiproxy_run_from_the_checkout(tmp_path: Path, upstream: Upst
     assert proxy.proc is not None and proxy.proc.returncode == 0, proxy.log()[-3000:]
 
 
+def test_usr2_re_executes_the_same_command(tmp_path: Path, upstream: UpstreamServer) -> None:
+    """USR2 makes gunicorn run ``sys.argv`` again: the new master must be ``python -m
+    wsgiproxy run`` too (the gunicorn arguments run.py parses are not left there), and
+    serve once the old master has gone."""
+    proxy = start_command(
+        tmp_path,
+        [sys.executable, "-m", "wsgiproxy", "run"],
+        by_address=True,
+        PROXY_UPSTREAM=f"{upstream.url}/echo",
+    )
+    assert proxy.proc is not None
+    old = proxy.proc
+    group = os.getpgid(old.pid)
+    try:
+        workers = set(children(old.pid))
+        old.send_signal(signal.SIGUSR2)
+
+        def new_master() -> int | None:
+            return next((p for p in children(old.pid) if p not in workers and children(p)), None)
+
+        wait_until(lambda: new_master() is not None, 30, "a new master with its worker")
+        fresh = new_master()
+        assert fresh is not None
+        argv = Path(f"/proc/{fresh}/cmdline").read_bytes().split(b"\0")
+        assert argv[1:4] == [b"-m", b"wsgiproxy", b"run"], argv
+        old.send_signal(signal.SIGTERM)
+        assert old.wait(10) == 0
+        wait_until(lambda: proxy.health()["pid"] in children(fresh), 30, "the new workers")
+        assert served_by(proxy) == "/echo"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: not group_alive(group), 15, "both masters to stop")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        proxy.stop()
+
+
+def children(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return [int(child) for child in text.split()]
+    return []
+
+
 def test_run_with_more_workers_than_proxy_workers_still_serves(
     tmp_path: Path, upstream: UpstreamServer
 ) -> None:

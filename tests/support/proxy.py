@@ -149,18 +149,23 @@ def start_gunicorn(
     )
 
 
-def start_command(tmp_path: Path, argv: list[str], cwd: Path = ROOT, **env: str) -> Proxy:
+def start_command(
+    tmp_path: Path, argv: list[str], cwd: Path = ROOT, by_address: bool = False, **env: str
+) -> Proxy:
     """``argv`` (``wsgiproxy run`` as installed, or ``python -m wsgiproxy run``) plus
-    gunicorn options for a pre-bound socket and a short graceful stop, run from ``cwd``."""
-    sock = bound_socket()
-    port = sock.getsockname()[1]
+    gunicorn options for a pre-bound socket and a short graceful stop, run from ``cwd``.
+
+    ``by_address`` binds a free port by number instead (USR2 cannot hand an ``fd://``
+    bind to the new master; a small window in which another process could take it)."""
+    sock = None if by_address else bound_socket()
+    port = closed_port() if sock is None else sock.getsockname()[1]
     return _launch(
         "wsgiproxy-run",
         port,
         [
             *argv,
             "--bind",
-            f"fd://{sock.fileno()}",
+            f"127.0.0.1:{port}" if sock is None else f"fd://{sock.fileno()}",
             "--no-control-socket",
             "--graceful-timeout",
             "3",

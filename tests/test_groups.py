@@ -17,12 +17,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.support.client import keep_alive_gets, request
 from tests.support.ports import closed_port
+from tests.support.processes import children
 from tests.support.proxy import Proxy
 from tests.support.stress import run_concurrently
 from tests.support.upstream_server import UpstreamServer
@@ -378,14 +378,14 @@ def test_a_worker_killed_mid_request_leaves_no_request_in_flight(
             "six requests in flight",
         )
         assert proxy.proc is not None
-        victims = _children(proxy.proc.pid)
+        victims = children(proxy.proc.pid)
         assert len(victims) == 2
         for victim in victims:  # both: whichever of them holds the six requests
             os.kill(victim, signal.SIGKILL)
         wait_until(
             lambda: (
-                set(_children(proxy.proc.pid)).isdisjoint(victims)  # type: ignore[union-attr]
-                and len(_children(proxy.proc.pid)) == 2  # type: ignore[union-attr]
+                set(children(proxy.proc.pid)).isdisjoint(victims)  # type: ignore[union-attr]
+                and len(children(proxy.proc.pid)) == 2  # type: ignore[union-attr]
                 and sum(int(s["in_flight"]) for s in upstream_health(proxy)) == 0
             ),
             20,
@@ -401,14 +401,6 @@ def test_a_worker_killed_mid_request_leaves_no_request_in_flight(
         )
         for client in clients:
             client.join(30)
-
-
-def _children(pid: int) -> list[int]:
-    """The processes ``pid`` started (a gunicorn master's workers)."""
-    with contextlib.suppress(OSError):
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-        return [int(child) for child in text.split()]
-    return []
 
 
 def _lost_request(port: int) -> None:

@@ -19,7 +19,7 @@ from packaging.requirements import Requirement
 
 from tests.support.client import request
 from tests.support.ports import closed_port
-from tests.support.processes import ROOT, clean_env, run, run_python
+from tests.support.processes import ROOT, children, clean_env, group_alive, run, run_python
 from tests.support.proxy import Proxy, start_command
 from tests.support.reloading import reaches, served_by, write_config
 from tests.support.upstream_server import UpstreamServer
@@ -207,13 +207,6 @@ def test_usr2_re_executes_the_same_command(tmp_path: Path, upstream: UpstreamSer
         proxy.stop()
 
 
-def children(pid: int) -> list[int]:
-    with contextlib.suppress(OSError):
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-        return [int(child) for child in text.split()]
-    return []
-
-
 def test_run_with_more_workers_than_proxy_workers_still_serves(
     tmp_path: Path, upstream: UpstreamServer
 ) -> None:
@@ -291,14 +284,6 @@ def answers(proxy: Proxy) -> bool:
         return request(proxy.port, "GET", "/_proxy/health", timeout=2).status == 200
     except OSError:
         return False
-
-
-def group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_run_refuses_a_gunicorn_config_file_of_its_own(venv: Path, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import pytest
 from tests.support.client import Reply, request
 from tests.support.load import CpuBurner, LoadClients
 from tests.support.ports import closed_port
-from tests.support.processes import BIN, clean_env
+from tests.support.processes import BIN, children, clean_env, group_alive
 from tests.support.proxy import Proxy, _launch, start_gunicorn
 from tests.support.upstream_server import UpstreamServer
 from tests.support.wait import wait_until
@@ -68,7 +68,7 @@ def test_ten_hups_under_load_on_a_busy_machine_lose_nothing(
                 wait_until(
                     lambda: (
                         proxy.log().count("Handling signal: hup") == 10
-                        and len(_children(master)) == 1
+                        and len(children(master)) == 1
                     ),
                     45,
                     "the ten reloads to be handled and the old workers gone",
@@ -196,13 +196,6 @@ def _start_on_port(tmp_path: Path, worker_class: str, workers: int, **env: str) 
     )
 
 
-def _children(pid: int) -> list[int]:
-    with contextlib.suppress(OSError):
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-        return [int(child) for child in text.split()]
-    return []
-
-
 @pytest.mark.parametrize("worker_class", WORKERS)
 def test_usr2_then_term_of_the_old_master_loses_nothing(
     tmp_path: Path, upstream: UpstreamServer, worker_class: str
@@ -222,12 +215,12 @@ def test_usr2_then_term_of_the_old_master_loses_nothing(
         load = LoadClients(proxy.port, keepalive=16, per_request=16).start()
         try:
             time.sleep(0.5)
-            workers = set(_children(old.pid))
+            workers = set(children(old.pid))
             old.send_signal(signal.SIGUSR2)
 
             def new_master() -> int | None:
-                masters = [pid for pid in _children(old.pid) if pid not in workers]
-                return next((pid for pid in masters if len(_children(pid)) >= 2), None)
+                masters = [pid for pid in children(old.pid) if pid not in workers]
+                return next((pid for pid in masters if len(children(pid)) >= 2), None)
 
             wait_until(lambda: new_master() is not None, 15, "a new master with its workers")
             fresh = new_master()
@@ -235,7 +228,7 @@ def test_usr2_then_term_of_the_old_master_loses_nothing(
 
             def new_workers_serve() -> bool:
                 answer = request(proxy.port, "GET", "/_proxy/health", timeout=5)
-                return int(json.loads(answer.body)["pid"]) in _children(fresh)
+                return int(json.loads(answer.body)["pid"]) in children(fresh)
 
             wait_until(new_workers_serve, 15, "the new master's workers to serve")
             old.send_signal(signal.SIGTERM)
@@ -251,19 +244,11 @@ def test_usr2_then_term_of_the_old_master_loses_nothing(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGTERM)
         deadline = time.monotonic() + GRACEFUL + 2
-        while time.monotonic() < deadline and _group_alive(group):
+        while time.monotonic() < deadline and group_alive(group):
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
         proxy.stop()
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("worker_class", WORKERS)

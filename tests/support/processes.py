@@ -84,3 +84,20 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     if group is not None and group != os.getpgid(0):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signal.SIGKILL)
+
+
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s children (none once it is gone)."""
+    with contextlib.suppress(OSError):
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return [int(child) for child in text.split()]
+    return []
+
+
+def group_alive(group: int) -> bool:
+    """True while any process of the process group ``group`` exists (zombies included)."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from tests.support.client import request
 from tests.support.ports import closed_port
 from tests.support.processes import ROOT, children, clean_env, group_alive, run, run_python
-from tests.support.proxy import Proxy, start_command
+from tests.support.proxy import Proxy, start_command, wait_ready
 from tests.support.reloading import reaches, served_by, write_config
 from tests.support.upstream_server import UpstreamServer
 from tests.support.wait import wait_until
@@ -258,7 +257,7 @@ def test_make_run_serves_on_the_bind_it_is_given(tmp_path: Path, upstream: Upstr
         )
     proxy = Proxy(port, "make-run", proc, log)
     try:
-        wait_until(lambda: answers(proxy), 60, "make run to serve")
+        wait_ready(proxy, proc, timeout=60)
         assert served_by(proxy) == "/echo"
         assert "Using worker: gevent" in proxy.log()
     finally:
@@ -274,16 +273,6 @@ def test_make_run_serves_on_the_bind_it_is_given(tmp_path: Path, upstream: Upstr
                 os.killpg(proc.pid, signal.SIGKILL)
     assert not left, "a process of make run outlived it"
     assert "Shutting down: Master" in proxy.log()
-
-
-def answers(proxy: Proxy) -> bool:
-    """True once the proxy answers health; fails at once when its command has exited."""
-    if proxy.proc is not None and proxy.proc.poll() is not None:
-        raise AssertionError(f"{proxy.kind} exited with {proxy.proc.returncode}:\n{proxy.log()}")
-    try:
-        return request(proxy.port, "GET", "/_proxy/health", timeout=2).status == 200
-    except OSError:
-        return False
 
 
 def test_run_refuses_a_gunicorn_config_file_of_its_own(venv: Path, tmp_path: Path) -> None:

@@ -73,7 +73,9 @@ def bound_socket() -> socket.socket:
     return sock
 
 
-def _wait_ready(proxy: Proxy, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_ready(proxy: Proxy, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Wait until the proxy answers /_proxy/health; fail at once, with its log, if it exits."""
+
     def ready() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"{proxy.kind} exited with {proc.returncode}:\n{proxy.log()}")
@@ -114,7 +116,7 @@ def _launch(
             listener.close()
     proxy = Proxy(port, kind, proc, log_path, stopper=lambda: stop_process(proc))
     try:
-        _wait_ready(proxy, proc)
+        wait_ready(proxy, proc)
     except BaseException:
         stop_process(proc)
         raise

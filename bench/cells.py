@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxies import FORWARD, GROUP, GROUP_CELL, KEEPALIVE_CELLS, REVERSE
+from proxies import EXPERIMENT, FORWARD, GROUP, GROUP_CELL, KEEPALIVE_CELLS, REVERSE
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Cell:
         extra = ["bare"] if self.path == "/100b.bin" and self.upstream == "http" else []
         if self.name in KEEPALIVE_CELLS:
             extra.append("wsgiproxy-keep100")
-        return REVERSE + ["wsgiproxy-x"] + extra
+        return REVERSE + [EXPERIMENT] + extra
 
 
 CELLS = [

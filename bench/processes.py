@@ -121,6 +121,16 @@ class Processes:
             sig = next((s for _, p, s in self.items if p is proc), signal.SIGINT)
         self.stop(proc, sig, grace)
 
+    def by_pid(self, pid: int | None) -> subprocess.Popen[bytes] | None:
+        """The process started here with this pid, if any."""
+        with self.lock:
+            return next((p for _, p, _ in self.items if p.pid == pid), None)
+
+    def forget(self, proc: subprocess.Popen[bytes]) -> None:
+        """A process stopped for good: ``stop_all`` need not stop it again."""
+        with self.lock:
+            self.items = [item for item in self.items if item[1] is not proc]
+
     def stop_all(self) -> None:
         with self.lock:
             items, self.items = self.items, []

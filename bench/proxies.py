@@ -39,6 +39,8 @@ class Proxy:
 
 
 OURS = "wsgiproxy"
+#: The experiment (--x-tree, --x-env), paired with OURS in every repetition.
+EXPERIMENT = "wsgiproxy-x"
 
 TABLE = [
     Proxy("wsgiproxy", "wsgiproxy, gevent x2, pool on, default settings", "wsgiproxy"),
@@ -114,7 +116,7 @@ TABLE = [
         may_fail_to_start=True,
     ),
     Proxy(
-        "wsgiproxy-x",
+        EXPERIMENT,
         "wsgiproxy with --x-env settings (an experiment; only when named in --only)",
         "wsgiproxy",
         experiment=True,
@@ -160,7 +162,7 @@ GROUP = ["wsgiproxy", "wsgiproxy-group3"]
 #: the failover scenario's proxies (each in front of three servers, one killed and restored)
 FAILOVER = ["nginx", "haproxy", "wsgiproxy"]
 #: the proxies of the forward-proxy cell
-FORWARD = ["wsgiproxy", "wsgiproxy-x", "proxypy"]
+FORWARD = [OURS, EXPERIMENT, "proxypy"]
 #: the queue-pressure run: "direct" is wrk alone on the upstream
 QUEUE = ["wsgiproxy-q8", "flask-urllib3-q8", "direct"]
 #: the 50 MB response check, in this order

@@ -15,7 +15,7 @@ from typing import Any
 from cells import CELLS
 from constants import DELAY, PRODUCT_BIN, QUEUE_CLIENTS, QUEUE_LIMIT, WORKERS
 from provision import nginx_binary, product_commit
-from proxies import OURS, PROXIES, QUEUE
+from proxies import EXPERIMENT, OURS, PROXIES, QUEUE
 
 
 # -- statistics ----------------------------------------------------------------------------
@@ -49,6 +49,32 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float |
         m["reps"] = len(rs)
         m["errors_total"] = sum(r["errors"] for r in rs)
         out.setdefault(cell, {})[proxy] = m
+    return out
+
+
+def paired_ratios(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """wsgiproxy beside wsgiproxy-x, repetition by repetition, per cell.
+
+    Each repetition runs the two back to back, so their ratio in it shares that moment's
+    machine; the median of those ratios is what a paired run reports (the ratio of the two
+    medians mixes moments)."""
+    by: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    for r in runs:
+        if r["proxy"] in (OURS, EXPERIMENT):
+            by.setdefault((r["cell"], r["rep"]), {})[r["proxy"]] = r
+    out: dict[str, dict[str, Any]] = {}
+    for (cell, _rep), pair in sorted(by.items()):
+        ours, x = pair.get(OURS), pair.get(EXPERIMENT)
+        if not ours or not x or not ours["rps"] or not x["rps"]:
+            continue
+        entry = out.setdefault(cell, {"rps": [], "cpu_per_request": []})
+        entry["rps"].append(ours["rps"] / x["rps"])
+        cpu = [
+            m["cpu_proxy_s"] / m["requests"] if m.get("cpu_proxy_s") and m["requests"] else None
+            for m in (ours, x)
+        ]
+        if cpu[0] and cpu[1]:
+            entry["cpu_per_request"].append(cpu[0] / cpu[1])
     return out
 
 
@@ -131,6 +157,7 @@ def report(
     goals: list[tuple[str, str, bool | None]],
     scenarios: dict[str, dict[str, dict[str, Any]]] | None = None,
     not_started: dict[str, str] | None = None,
+    paired: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     cells = [c.name for c in CELLS if c.name in M]
     lines = [
@@ -182,6 +209,8 @@ def report(
             rr, pr = ratio(o["rps"], a["rps"]), ratio(o["p99_ms"], a["p99_ms"])
             row.append(f"{fmt(rr, 2)}× / {fmt(pr, 2)}×")
         lines.append(f"| {alt} | " + " | ".join(row) + " |")
+    if paired:
+        lines += paired_table(paired)
     lines += [
         "",
         "## Raw medians",
@@ -247,6 +276,30 @@ def report(
             lines.append(f"| {proxy} | {fmt(mb, 1)} |")
     lines += ["", "Chart: `chart.png` beside this file; every run: `results.json`.", ""]
     return "\n".join(lines)
+
+
+def paired_table(paired: dict[str, dict[str, Any]]) -> list[str]:
+    """The paired run's verdict: the median of the per-repetition ratios, and their spread."""
+    lines = [
+        "",
+        f"## Paired: {OURS} ÷ {EXPERIMENT}, repetition by repetition",
+        "",
+        "Medians of the ratios within each repetition (req/s above 1: wsgiproxy serves more;"
+        " CPU per request below 1: it spends less), then the lowest and highest ratio.",
+        "",
+        "| cell | reps | req/s ratio | range | CPU per request ratio | range |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cell, entry in paired.items():
+        rps, cpu = entry["rps"], entry["cpu_per_request"]
+        cpu_cells = (
+            f"{statistics.median(cpu):.3f} | {min(cpu):.2f}-{max(cpu):.2f}" if cpu else "— | —"
+        )
+        lines.append(
+            f"| {cell} | {len(rps)} | {statistics.median(rps):.3f} | "
+            f"{min(rps):.2f}-{max(rps):.2f} | {cpu_cells} |"
+        )
+    return lines
 
 
 def failover_table(failover: dict[str, dict[str, Any]]) -> list[str]:

@@ -15,6 +15,9 @@ bench/results/<date>/, and prints the report.
     .venv/bin/python bench/run.py --quick    # one short repetition (make bench-quick), < 3 min
     .venv/bin/python bench/run.py --only wsgiproxy,flask-urllib3 --reps 5 --duration 5
     .venv/bin/python bench/run.py --profile  # py-spy of wsgiproxy's workers under load
+    # a change beside its before, new processes each repetition (bench/README.md):
+    .venv/bin/python bench/run.py --only wsgiproxy-x --x-tree /tmp/before --fresh \
+        --cells "100B c64" --reps 16 --duration 4 --no-queue --no-memory
 
 Every process started here is stopped by its pid when the run ends, however it ends
 (finally, atexit, SIGTERM/SIGHUP), and every step is bounded in time. What the harness
@@ -54,12 +57,23 @@ from measure import big_response_growth, check_wrk_absolute_form, measure
 from processes import Processes
 from profiling import run_profile
 from provision import ensure_system_tools, ensure_venv
-from proxies import FAILOVER, GROUP_CELL, KEEPALIVE_CELLS, MEMORY, OURS, PROXIES, QUEUE, TABLE
+from proxies import (
+    EXPERIMENT,
+    FAILOVER,
+    GROUP_CELL,
+    KEEPALIVE_CELLS,
+    MEMORY,
+    OURS,
+    PROXIES,
+    QUEUE,
+    TABLE,
+)
 from reloads import SERVERS as RELOAD_SERVERS
 from reloads import run_reloads
 from report import (
     machine,
     medians,
+    paired_ratios,
     progress_line,
     queue_medians,
     queue_progress_line,
@@ -103,7 +117,7 @@ def _run(bench: Bench, args: argparse.Namespace, outdir: Path, stamp: str, t_sta
         only.add(OURS)
 
     def want(p: str) -> bool:
-        return (only is None and p != "wsgiproxy-x") or (only is not None and p in only)
+        return (only is None and p != EXPERIMENT) or (only is not None and p in only)
 
     bench.x_env = parse_x_env(args)
     cells = [c for c in CELLS if not args.cells or c.name in args.cells]
@@ -215,6 +229,8 @@ def _measure_cells(
         if rep > 0 and time.monotonic() > deadline:
             print(f"bench: time budget reached; stopping after {rep} repetitions", flush=True)
             break
+        if args.fresh and rep > 0:
+            bench.restart_wsgiproxies()
         for cell in cells:
             order = [p for p in cell.proxies if want(p)]
             k = rep % len(order)
@@ -229,7 +245,12 @@ def _measure_cells(
                 # Churn is a goal about a steady load, and between two runs of one proxy the
                 # others run for longer than the pool's surplus window: in those cells every
                 # repetition warms every proxy, so each run starts from what its load keeps.
-                warm = rep == 0 or cell.name in KEEPALIVE_CELLS or cell.name == GROUP_CELL
+                warm = (
+                    rep == 0
+                    or args.fresh
+                    or cell.name in KEEPALIVE_CELLS
+                    or cell.name == GROUP_CELL
+                )
                 if warm and args.warmup > 0:
                     measure(bench, inst, cell.path, cell.conns, args.warmup, abs_url=abs_url)
                 m = measure(bench, inst, cell.path, cell.conns, args.duration, abs_url=abs_url)
@@ -289,7 +310,7 @@ def _write_results(
         "run_line": run_line(args, reps_done, elapsed),
         "argv": sys.argv[1:],
     }
-    text = report(meta, M, queue, memory, goals, scenarios, not_started)
+    text = report(meta, M, queue, memory, goals, scenarios, not_started, paired_ratios(runs))
     (outdir / "report.md").write_text(text)
     (outdir / "results.json").write_text(
         json.dumps(
@@ -370,6 +391,12 @@ def main() -> int:
         "--x-env",
         default="",
         help="K=V,... settings of the wsgiproxy-x experiment (name it in --only)",
+    )
+    ap.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start every wsgiproxy instance anew before each repetition (and warm it):"
+        " a paired run (--x-tree, --x-env) then resolves differences of about 1%%",
     )
     ap.add_argument("--no-queue", action="store_true", help="skip the queue-pressure run")
     ap.add_argument("--no-memory", action="store_true", help="skip the 50 MB response check")

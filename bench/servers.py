@@ -189,6 +189,20 @@ class Bench:
             prefix=spec.prefix,
         )
 
+    def restart_wsgiproxies(self) -> None:
+        """Every wsgiproxy instance (wsgiproxy-x too) stopped and started anew, then ready:
+        each repetition of a paired run then measures new processes, whose luck (hash
+        seed, memory layout) averages out over repetitions instead of staying with a slot
+        for the whole run."""
+        keys = [k for k, inst in self.inst.items() if SPECS[k[0]].kind == "wsgiproxy"]
+        for key in keys:
+            proc = self.procs.by_pid(self.inst[key].root_pid)
+            if proc is not None:
+                self.procs.stop_one(proc)
+                self.procs.forget(proc)
+            self.start_proxy(*key)
+        self.wait_ready()
+
     def _bin(self, spec: Proxy) -> Path:
         return self.venv[spec.venv] if spec.venv else PRODUCT_BIN
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ from tests.support.ports import closed_port
 from tests.support.proxy import Proxy
 from tests.support.upstream_server import UpstreamServer
 from tests.support.wait import wait_until
+from wsgiproxy.proxy import request_id
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
@@ -41,6 +43,37 @@ def test_the_proxys_own_errors_carry_the_id(proxies: Callable[..., Proxy]) -> No
     reply = request(proxy.port, "GET", "/x", headers={"X-Request-ID": "quote-me"})
     assert reply.status == 502 and reply.header("X-Request-ID") == "quote-me"
     assert reply.body.endswith(b"(request id quote-me)\n") and reply.body.count(b"\n") == 1
+
+
+def test_a_request_refused_before_it_is_sent_carries_a_new_id(
+    proxies: Callable[..., Proxy], upstream: UpstreamServer
+) -> None:
+    """A 413 answered before the request's headers were built would have no id to quote."""
+    proxy = proxies("gevent", PROXY_UPSTREAM=upstream.url, PROXY_MAX_BODY="10")
+    reply = request(proxy.port, "POST", "/echo", body=b"x" * 100)
+    rid = reply.header("X-Request-ID")
+    assert reply.status == 413 and rid is not None and HEX32.fullmatch(rid), reply
+    assert reply.body.endswith(f"(request id {rid})\n".encode())
+    assert upstream.requests == []
+    wait_until(lambda: f"request_id={rid}" in proxy.log(), 5, "the id in the access log")
+
+
+def test_a_forked_worker_does_not_repeat_its_parents_ids() -> None:
+    """Workers forked from one process (gunicorn --preload) would hand out the same ids."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        try:
+            os.write(write_end, " ".join(request_id.new_id() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = pipe.read().decode().split()
+    os.waitpid(pid, 0)
+    parent = [request_id.new_id() for _ in range(3)]
+    assert len(child) == 3 and all(HEX32.fullmatch(i) for i in child)
+    assert not set(child) & set(parent), (child, parent)
 
 
 def test_request_ids_can_be_turned_off(

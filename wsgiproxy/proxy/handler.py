@@ -88,9 +88,11 @@ class Forwarder:
         server: Server | None = None
         exchange: Exchange | None = None
         upgraded: tuple[socket.socket, bytes, bytes, str] | None = None
-        rid = request_id.assign(environ) if self.request_ids else None
+        rid: str | None = None  # assigned once the request's headers are built
         try:
             if method == "CONNECT":
+                if self.request_ids:
+                    rid = request_id.assign(environ)
                 upstream = self.tunnels.open(environ, raw)
                 try:
                     return self.tunnels.relay(environ, start_response, upstream)
@@ -102,8 +104,9 @@ class Forwarder:
                 upgrade.require_client_socket(environ)
             body = self._request_body(environ)
             headers = request_headers(environ, target.host_header, websocket=websocket)
-            if rid is not None:
-                headers["X-Request-Id"] = rid
+            if self.request_ids:
+                # After request_headers, whose walk of the environ need not see the id.
+                rid = headers["X-Request-Id"] = request_id.assign(environ)
             if target.group is not None:
                 attempts = Attempts()
                 try:
@@ -152,10 +155,11 @@ class Forwarder:
             log.log(level, "%s %s -> %d: %s", method, raw[:200], exc.status, exc.message)
             self._abandon(exchange, server, exc.kind)
             self.done(key, method, exc.status, started, exc.kind)
-            if rid is None:
+            if not self.request_ids:
                 return plain_response(
                     start_response, exc.status, exc.message, kind=exc.kind, headers=exc.headers
                 )
+            rid = rid or request_id.assign(environ)  # refused before its headers were built
             return plain_response(
                 start_response,
                 exc.status,

@@ -26,7 +26,7 @@ class Proxy:
     label: str  # for the README and results.json
     kind: str  # "wsgiproxy", "gunicorn", "proxypy", "nginx" or "direct" (above)
     env: dict[str, str] = field(default_factory=dict)  # settings of this variant
-    module: str = ""  # gunicorn: the WSGI app (bench/*_app.py)
+    module: str = ""  # the WSGI app (bench/*_app.py); wsgiproxy: a wrapper of wsgiproxy.app
     venv: str = ""  # "" runs from the product's .venv; else bench/.venv-NAME
     upstream_var: str = "UPSTREAM"  # gunicorn: where the app reads the upstream's URL
     ca_var: str = "UPSTREAM_CA"  # gunicorn: where the app reads the HTTPS upstream's CA

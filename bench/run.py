@@ -53,6 +53,7 @@ from cells import CELLS, Cell
 from constants import BENCH, PRODUCT_BIN, QUEUE_CLIENTS, QUEUE_LIMIT, RESULTS, ROOT, WORKERS
 from failover import run_failover
 from goals import evaluate_goals
+from interleave import run_interleave
 from measure import big_response_growth, check_wrk_absolute_form, measure
 from processes import Processes
 from profiling import run_profile
@@ -439,6 +440,19 @@ def main() -> int:
         action="store_true",
         help="profile wsgiproxy's workers with py-spy under load instead",
     )
+    ap.add_argument(
+        "--interleave",
+        action="store_true",
+        help="measure what request ids cost inside one gunicorn, switching them on and off"
+        " under load (bench/interleave.py; about 4 min)",
+    )
+    ap.add_argument(
+        "--interleave-control",
+        action="store_true",
+        help="with --interleave: ids on in both kinds of phase (the method's noise)",
+    )
+    ap.add_argument("--blocks", type=int, default=30, help="--interleave: ABBA blocks")
+    ap.add_argument("--phase", type=float, default=1.5, help="--interleave: seconds a phase")
     ap.add_argument("--profile-proxy", default="wsgiproxy")
     ap.add_argument(
         "--profile-cell",
@@ -476,6 +490,8 @@ def main() -> int:
     signal.alarm(hard_limit)
     if args.profile:
         return run_profile(args, parse_x_env(args))
+    if args.interleave or args.interleave_control:
+        return run_interleave(args)
     return run_bench(args)
 
 

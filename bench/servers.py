@@ -235,8 +235,9 @@ class Bench:
             "-c",
             "gunicorn.conf.py",
             "--no-control-socket",
-            "wsgiproxy.app:app",
         ]
+        # A bench-side wrapper of the app (bench/*_app.py) is found on bench/'s path.
+        argv += ["--pythonpath", str(BENCH), spec.module] if spec.module else ["wsgiproxy.app:app"]
         cwd = (self.x_dir if spec.experiment else None) or self.product_dir
         return self.procs.start(name, argv, env=clean_env(**settings), cwd=cwd)
 
@@ -336,6 +337,12 @@ class Bench:
                 f"bench: not ready after {deadline_s:.0f}s: {names}; logs in {self.procs.logdir}"
             )
 
+    def upstream_handled(self) -> int:
+        """Requests the upstream nginx has handled so far (its stub_status)."""
+        _, body = http_get("127.0.0.1", self.ports["up_stub"], "/")
+        m = re.search(rb"\n\s*(\d+)\s+(\d+)\s+(\d+)", body)
+        return int(m.group(3)) if m else 0
+
     def wait_upstream_quiet(self, upstream: str, limit_s: float = 15.0) -> None:
         """Wait until the upstream gets no more requests: a proxy may still be working
         through requests queued by clients that have gone (none of ours, but some)."""
@@ -346,9 +353,7 @@ class Bench:
                 _, body = http_get("127.0.0.1", self.ports["up_delay"], "/__stats")
                 now = int(json.loads(body)["requests"])
             else:
-                _, body = http_get("127.0.0.1", self.ports["up_stub"], "/")
-                m = re.search(rb"\n\s*(\d+)\s+(\d+)\s+(\d+)", body)
-                now = int(m.group(3)) if m else 0
+                now = self.upstream_handled()
             if now - last <= 1:  # only our own stats request since the last look
                 return
             last = now

@@ -11,6 +11,7 @@ tests/test_gunicorn_worker.py.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -184,6 +185,66 @@ def test_a_streamed_response_sends_its_head_with_the_first_chunk_then_each_chunk
     assert sock.sends[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert sock.sends[0].endswith(b"\r\n\r\n5\r\nfirst\r\n")
     assert sock.sends[1:] == [b"6\r\nsecond\r\n", b"0\r\n\r\n"]
+
+
+def _processed(cls: Any, headers: Any) -> tuple[Any, ...]:
+    """What a writer makes of the app's headers: kept headers, length, upgrade; or the
+    error (its type and message) a WSGI app would get from start_response."""
+    req = SimpleNamespace(version=(1, 1), method="GET", should_close=lambda: False)
+    response = cls(req, RecordingSocket(), SimpleNamespace(sendfile=False, is_ssl=False))
+    try:
+        response.start_response("200 OK", headers)
+    except Exception as exc:
+        return ("error", type(exc), str(exc))
+    return ("ok", response.headers, response.response_length, response.upgrade)
+
+
+HEADER_EDGES: dict[str, Any] = {
+    "none": [],
+    "plain": [("Content-Type", "text/plain"), ("X-Request-ID", "4f2c"), ("Via", "1.1 x")],
+    "length": [("Content-Length", "12"), ("ETag", '"a"')],
+    "length twice": [("Content-Length", "1"), ("content-length", "2")],
+    "length unreadable": [("Content-Length", "twelve")],
+    "date and server": [("Date", "x"), ("Server", "nginx"), ("X-A", "1")],
+    "hop-by-hop": [("Connection", "upgrade"), ("Upgrade", "websocket")],
+    "keep-alive": [("Keep-Alive", "timeout=5"), ("X-A", "1")],
+    "empty value": [("X-Empty", ""), ("X-B", "b")],
+    "edge spaces": [("X-A", " padded\t"), ("X-B", "b")],
+    "inner spaces": [("X-A", "a  b\tc")],
+    "latin-1": [("X-A", "caf\xe9")],
+    "beyond latin-1": [("X-A", "\u20ac")],
+    "newline in value": [("X-A", "a\nX-Injected: 1")],
+    "cr in value": [("X-A", "a\rb")],
+    "newline in name": [("X-A\nX-B", "v")],
+    "space in name": [("Bad Name", "v")],
+    "empty name": [("", "v")],
+    "bytes name": [(b"X-A", "v")],
+    "int value": [("X-A", 1)],
+    "three items": [("X-A", "v", "w")],
+    "lists": [["X-A", "v"], ["Content-Length", "3"]],
+    "a string pair": ["ab"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEADER_EDGES))
+def test_the_app_headers_are_checked_as_gunicorn_checks_them(case: str) -> None:
+    """A header gunicorn would refuse, strip, drop or act on must fare the same: else a
+    client gets a split line, a wrong length, or an upstream's hop-by-hop header."""
+    headers = HEADER_EDGES[case]
+    assert _processed(CoalescingResponse, headers) == _processed(ORIGINAL_RESPONSE, headers)
+
+
+def test_random_app_headers_are_checked_as_gunicorn_checks_them() -> None:
+    """Many header lists drawn from tricky parts, each given to both writers."""
+    names = ["X-A", "Content-Length", "Date", "Connection", "Upgrade", "Te", "Via", "a b"]
+    names += ["", "X-\u20ac", "X-\n", "x-request-id", "TRAILERS", "Set-Cookie"]
+    values = ["v", "", " v", "v\t", "12", "-1", "websocket", "upgrade", "a\nb", "a\rb"]
+    values += ["caf\xe9", "\u20ac", "\x7f", "a b", "0"]
+    draw = random.Random(16)
+    for _ in range(3000):
+        headers = [(draw.choice(names), draw.choice(values)) for _ in range(draw.randrange(0, 6))]
+        ours = _processed(CoalescingResponse, headers)
+        assert ours == _processed(ORIGINAL_RESPONSE, headers), headers
 
 
 def test_a_gevent_worker_accepts_in_batches() -> None:

@@ -134,6 +134,18 @@ def test_response_drops_hop_by_hop_and_keeps_repeats_in_order() -> None:
     ]
 
 
+def test_response_leaves_date_and_server_to_the_server_in_front() -> None:
+    """The client would get two Date or two Server headers (flask run adds its own), or
+    the upstream's software and clock in place of this hop's, which nginx hides too."""
+    _, headers = response_head(
+        upstream_says(
+            b"HTTP/1.1 200 OK\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n"
+            b"Server: internal-app/1.2\r\nX-Kept: 1\r\nContent-Length: 0\r\n\r\n"
+        )
+    )
+    assert headers == [("X-Kept", "1"), ("Content-Length", "0"), ("Via", "1.1 wsgiproxy")]
+
+
 def test_response_via_joins_the_upstreams_own() -> None:
     """The chain of proxies a response passed would be lost or listed twice."""
     _, headers = response_head(

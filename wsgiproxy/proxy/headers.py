@@ -2,7 +2,8 @@
 
 Toward the upstream: the client's headers less hop-by-hop ones, with ``Host``,
 ``X-Forwarded-*`` and ``Via`` written by this hop. Toward the client: the upstream's
-headers less hop-by-hop ones, ``Via`` extended. One exception both ways: a WebSocket
+headers less hop-by-hop ones and its ``Date`` and ``Server`` (the server in front writes
+its own, as nginx does), ``Via`` extended. One exception both ways: a WebSocket
 handshake keeps ``Connection: Upgrade`` and ``Upgrade: websocket``, and its ``101`` keeps
 them too, since the upgrade is what both ends asked of each other through this hop
 (RFC 9110 7.8). Pure functions of their inputs, so the rules are tested without a server.
@@ -30,6 +31,10 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+#: Response headers the client gets from this hop, not the upstream: hop-by-hop ones,
+#: and ``Date`` and ``Server``, which the server in front writes (nginx hides the
+#: upstream's by default too; gunicorn would drop them one by one, at a price).
+_NOT_RELAYED = HOP_BY_HOP | {"date", "server"}
 #: Request headers this hop writes itself (or has already acted on).
 _REPLACED = frozenset({"host", "expect", "x-forwarded-proto", "x-forwarded-host", "via"})
 #: This hop's name in ``Via``.
@@ -112,7 +117,8 @@ def request_headers(
 
 
 def response_head(response: UpstreamResponse) -> tuple[str, list[tuple[str, str]]]:
-    """Status line and headers for the client: hop-by-hop removed, ``Via`` added.
+    """Status line and headers for the client: hop-by-hop, ``Date`` and ``Server``
+    removed, ``Via`` added.
 
     The caller has refused a head with ambiguous framing (``http1.response_framing_error``).
     """
@@ -123,7 +129,7 @@ def response_head(response: UpstreamResponse) -> tuple[str, list[tuple[str, str]
     via: str | None = None
     for name, value in response.headers._headers:
         lowered = name.lower()
-        if lowered in HOP_BY_HOP or lowered in dropped:
+        if lowered in _NOT_RELAYED or lowered in dropped:
             continue
         if lowered == "via":
             via = _append(via, value)

@@ -9,7 +9,6 @@ gunicorn's parser refuses gets the proxy's one-line text/plain answer.
 
 from __future__ import annotations
 
-import re
 import time
 from http import HTTPStatus
 from typing import Any
@@ -27,17 +26,14 @@ COALESCE_LIMIT = BLOCK
 #: Longest body text of a parse refusal: gunicorn's message may quote a whole request line.
 REFUSAL_TEXT_LIMIT = 300
 
-#: Header names joined by newlines, each a token (gunicorn's TOKEN_RE, RFC 9110 5.6.2).
-_NAME_LINES = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-zA-Z\n]*")
-#: Header values joined by newlines, each of what gunicorn's HEADER_VALUE_RE allows.
-_VALUE_LINES = re.compile(r"[ \t\x21-\x7e\x80-\xff\n]*")
-#: A value gunicorn would strip: space or tab at either end of a line.
-_EDGE_SPACE = re.compile(r"(?:^|\n)[ \t]|[ \t](?:\n|$)")
+# gunicorn's TOKEN_RE and HEADER_VALUE_RE as byte sets, newline added (the separator when
+# names or values are checked joined): bytes.translate drops them in one C loop, several
+# times faster than a regular expression's character class.
+_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_NAME_BYTES = _TOKEN_CHARS + b"\n"
+_VALUE_BYTES = b"\t\n " + bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100))
 #: The names gunicorn's writer drops or acts on (gunicorn/util.py: hop_headers).
 _HOPPISH = frozenset(gunicorn_util.hop_headers)
-
-#: A header line of the head, from a (name, value) pair (gunicorn's format).
-_FIELD_LINE = "%s: %s\r\n"
 
 #: gunicorn's own writer class, whatever ``install()`` later puts in its place.
 GUNICORN_RESPONSE: Any = gunicorn_wsgi.Response
@@ -66,8 +62,9 @@ class CoalescingResponse(GUNICORN_RESPONSE):  # type: ignore[misc]
     def process_headers(self, headers: list[tuple[str, str]]) -> None:
         """gunicorn's checks of the app's headers, made once a response, not once a header.
 
-        gunicorn's loop costs about 80 bytecodes a header. Here the names and the values
-        are each checked joined, in C, and the headers are kept as they are. Anything
+        gunicorn's loop costs about 80 bytecodes and two regular expressions a header.
+        Here the names and the values are each checked joined, in C, and the headers are
+        kept as they are. Anything
         that loop would act on or refuse (a hop-by-hop name, a value to strip, a repeated
         ``Content-Length``, a bad character, type or shape, a name or value with a
         newline) goes through gunicorn's own loop instead: its result and its errors.
@@ -75,14 +72,21 @@ class CoalescingResponse(GUNICORN_RESPONSE):  # type: ignore[misc]
         try:
             names, values = zip(*headers, strict=True)
             joined_names, joined_values = "\n".join(names), "\n".join(values)
+            # Characters outside ASCII or latin-1 raise: gunicorn's loop refuses them.
+            name_bytes = joined_names.encode("ascii")
+            value_bytes = joined_values.encode("latin-1")
         except (TypeError, ValueError):
             super().process_headers(headers)
             return
         lowered = joined_names.lower().split("\n")
+        # Each value framed by newlines, tabs as spaces: a value gunicorn would strip
+        # shows a space beside a newline.
+        framed = f"\n{joined_values}\n".replace("\t", " ")
         if (
-            _NAME_LINES.fullmatch(joined_names) is None
-            or _VALUE_LINES.fullmatch(joined_values) is None
-            or _EDGE_SPACE.search(joined_values) is not None
+            name_bytes.translate(None, _NAME_BYTES)
+            or value_bytes.translate(None, _VALUE_BYTES)
+            or "\n " in framed
+            or " \n" in framed
             or len(lowered) != len(names)
             or joined_values.count("\n") != len(values) - 1
             or "" in lowered
@@ -108,10 +112,12 @@ class CoalescingResponse(GUNICORN_RESPONSE):  # type: ignore[misc]
             return
         if worker_stopping():
             self.force_close()
-        # gunicorn's send_headers, less its per-header Python: the fields are formatted
-        # by map() in C, and the head is kept instead of sent.
-        head = [*self.default_headers(), *map(_FIELD_LINE.__mod__, self.headers), "\r\n"]
-        self._pending_head = "".join(head).encode("latin-1")
+        # gunicorn's send_headers, less its per-header Python (the fields are joined by
+        # map() in C), and the head is kept instead of sent.
+        start = "".join(self.default_headers())  # each line with its CRLF
+        fields = "\r\n".join(map(": ".join, self.headers))
+        head = f"{start}{fields}\r\n\r\n" if fields else f"{start}\r\n"
+        self._pending_head = head.encode("latin-1")
         self.headers_sent = True
 
     def flush_head(self) -> None:

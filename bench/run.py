@@ -234,8 +234,12 @@ def _measure_cells(
             bench.restart_wsgiproxies()
         for cell in cells:
             order = [p for p in cell.proxies if want(p)]
-            k = rep % len(order)
-            order = order[k:] + order[:k]  # rotate: no proxy always runs first or last
+            # Rotate every other repetition and reverse the odd ones: each proxy runs in
+            # each place equally often (two proxies alternate first and second; three go
+            # through all six orders), so none is always first or last, the measured
+            # effect of both a pair's order.
+            k = (rep // 2) % len(order)
+            order = order[k:] + order[:k]
             if rep % 2:
                 order.reverse()
             for proxy in order:

@@ -64,14 +64,14 @@ def test_a_forked_worker_does_not_repeat_its_parents_ids() -> None:
     pid = os.fork()
     if pid == 0:  # the child: its next ids, to the parent
         try:
-            os.write(write_end, " ".join(request_id.new_id() for _ in range(3)).encode())
+            os.write(write_end, " ".join(request_id.assign({}) for _ in range(3)).encode())
         finally:
             os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         child = pipe.read().decode().split()
     os.waitpid(pid, 0)
-    parent = [request_id.new_id() for _ in range(3)]
+    parent = [request_id.assign({}) for _ in range(3)]
     assert len(child) == 3 and all(HEX32.fullmatch(i) for i in child)
     assert not set(child) & set(parent), (child, parent)
 

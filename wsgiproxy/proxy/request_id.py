@@ -25,17 +25,13 @@ os.register_at_fork(after_in_child=_generator.seed)
 _random_bits = _generator.getrandbits
 
 
-def new_id() -> str:
-    """A fresh id: 32 hex digits."""
-    return _random_bits(128).to_bytes(16).hex()
-
-
 def assign(environ: dict[str, Any]) -> str:
-    """The request's id: the client's when sane, else a new one; noted in ``environ``."""
+    """The request's id: the client's when sane, else a new one (32 hex digits); noted
+    in ``environ``."""
     given: str | None = environ.get("HTTP_X_REQUEST_ID")
     if given is not None and _SANE.fullmatch(given) is not None and given.strip():
         rid = given.strip()
     else:
-        rid = new_id()
+        rid = _random_bits(128).to_bytes(16).hex()
     environ[ENVIRON_KEY] = rid
     return rid

@@ -22,10 +22,11 @@ def run_quiet(argv: list[str], timeout: float, env: dict[str, str] | None = None
 
 
 # -- tools and virtualenvs -----------------------------------------------------------------
-def ensure_system_tools(haproxy: bool = False) -> None:
-    """wrk and nginx (and HAProxy for the failover scenario) from the system packages,
-    installed when missing (never started: the bench runs its own, in the foreground)."""
-    tools = ["wrk", "nginx"] + (["haproxy"] if haproxy else [])
+def ensure_system_tools(haproxy: bool = False, valgrind: bool = False) -> None:
+    """wrk and nginx (HAProxy for the failover scenario, valgrind to count instructions)
+    from the system packages, installed when missing (never started as services: the
+    bench runs its own, in the foreground)."""
+    tools = ["wrk", "nginx"] + (["haproxy"] if haproxy else []) + (["valgrind"] if valgrind else [])
     missing = [t for t in tools if not (shutil.which(t) or Path(f"/usr/sbin/{t}").exists())]
     if not missing:
         return

@@ -53,6 +53,7 @@ from cells import CELLS, Cell
 from constants import BENCH, PRODUCT_BIN, QUEUE_CLIENTS, QUEUE_LIMIT, RESULTS, ROOT, WORKERS
 from failover import run_failover
 from goals import evaluate_goals
+from instructions import run_instructions
 from interleave import run_interleave
 from measure import big_response_growth, check_wrk_absolute_form, measure
 from processes import Processes
@@ -455,6 +456,12 @@ def main() -> int:
         action="store_true",
         help="with --interleave: ids on in both kinds of phase (the method's noise)",
     )
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count a worker's instructions per request under valgrind, wsgiproxy and"
+        " (with --x-tree or --x-env) wsgiproxy-x (bench/instructions.py; about 3 min)",
+    )
     ap.add_argument("--blocks", type=int, default=30, help="--interleave: ABBA blocks")
     ap.add_argument("--phase", type=float, default=1.5, help="--interleave: seconds a phase")
     ap.add_argument("--profile-proxy", default="wsgiproxy")
@@ -496,6 +503,8 @@ def main() -> int:
         return run_profile(args, parse_x_env(args))
     if args.interleave or args.interleave_control:
         return run_interleave(args)
+    if args.instructions:
+        return run_instructions(args, parse_x_env(args))
     return run_bench(args)
 
 

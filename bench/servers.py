@@ -214,7 +214,9 @@ class Bench:
         port: int,
         upstream_urls: str | None = None,
         extra: dict[str, str] | None = None,
+        wrapper: list[str] | None = None,
     ) -> subprocess.Popen[bytes]:
+        """An instance of ours; ``wrapper`` runs its interpreter (valgrind, for one)."""
         settings = {
             "PROXY_BIND": f"127.0.0.1:{port}",
             "PROXY_WORKERS": str(WORKERS),
@@ -230,8 +232,11 @@ class Bench:
         settings.update(spec.env)
         if spec.experiment:
             settings.update(self.x_env)
+        bin_dir = self._bin(spec)
+        launcher = [*wrapper, str(bin_dir / "python")] if wrapper else []
         argv = [
-            str(self._bin(spec) / "gunicorn"),
+            *launcher,
+            str(bin_dir / "gunicorn"),
             "-c",
             "gunicorn.conf.py",
             "--no-control-socket",

@@ -1,0 +1,200 @@
+"""`run.py --instructions`: CPU instructions per request of one real worker, counted.
+
+Timed figures on this shared machine move by a few percent between processes and runs;
+instruction counts do not, so they show a change of half a percent that no timed run
+can. Each side is one gunicorn with one gevent worker (the same command as every other
+instance here) under valgrind's callgrind with counting off, nginx's 100 B file behind
+it. After ``WARM`` requests on one keep-alive connection, counting is switched on in the
+worker for ``COUNTED`` requests and off again, and the total read from callgrind's dump:
+everything the worker runs for them (gunicorn, gevent, wsgiproxy, the C libraries), but
+not the kernel. wsgiproxy and, when named (``--x-tree``, ``--x-env``), wsgiproxy-x are
+counted side by side, with one hash seed. Instructions are not time (cache misses and
+system calls are not in them): this explains a timed difference, it does not replace it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from constants import RESULTS, ROOT
+from processes import Processes, descendants, free_port
+from provision import ensure_system_tools
+from proxies import EXPERIMENT, OURS, SPECS
+from servers import Bench
+
+#: Requests before counting starts: connections made, caches and code paths warm.
+WARM = 300
+#: Requests counted.
+COUNTED = 400
+#: The request, and the length of the 100 B file's body that answers it.
+REQUEST = b"GET /100b.bin HTTP/1.1\r\nHost: bench\r\n\r\n"
+BODY_LENGTH = 100
+#: Each side's answer under valgrind is ~50 times slower than without.
+START_LIMIT_S = 300.0
+
+
+def run_instructions(args: argparse.Namespace, x_env: dict[str, str]) -> int:
+    """Instructions per request for each side, printed with their ratio."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + "-instructions"
+    outdir = RESULTS / stamp
+    (outdir / "logs").mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="wsgiproxy-bench-"))
+    procs = Processes(outdir / "logs")
+    atexit.register(procs.stop_all)
+    atexit.register(shutil.rmtree, tmp, True)
+    bench = Bench(args, procs, tmp, outdir)
+    bench.x_env = x_env
+    sides = [OURS] + ([EXPERIMENT] if args.x_tree or x_env else [])
+    counts: dict[str, float] = {}
+    errors: list[BaseException] = []
+    try:
+        ensure_system_tools(valgrind=True)
+        bench.snapshot_product()
+        bench.prepare_files()
+        bench.start_upstreams()
+
+        def count(side: str) -> None:
+            try:
+                counts[side] = _count_side(bench, side, outdir)
+            except BaseException as exc:  # reported once both sides are done
+                errors.append(exc)
+
+        # Both at once: each count is the worker's own, whatever else runs.
+        threads = [threading.Thread(target=count, args=(side,)) for side in sides]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+    finally:
+        procs.stop_all()
+    lines = [
+        f"# Instructions per request — {datetime.datetime.now():%Y-%m-%d %H:%M}",
+        "",
+        f"- code: wsgiproxy commit {bench.product_commit}, snapshot {bench.product_digest}"
+        + (f"; wsgiproxy-x: {bench.x_digest} (from {args.x_tree})" if bench.x_digest else "")
+        + (f"; wsgiproxy-x settings: {x_env}" if x_env else ""),
+        f"- run: one gevent worker, 100 B from nginx on one keep-alive connection, "
+        f"{COUNTED} requests counted after {WARM}",
+        "",
+        "| side | instructions per request |",
+        "|---|---|",
+        *(f"| {side} | {counts[side]:,.0f} |" for side in sides),
+    ]
+    if EXPERIMENT in counts:
+        lines += ["", f"{OURS} ÷ {EXPERIMENT}: {counts[OURS] / counts[EXPERIMENT]:.4f}"]
+    text = "\n".join(lines) + "\n"
+    (outdir / "report.md").write_text(text)
+    results: dict[str, Any] = {"counts": counts, "warm": WARM, "counted": COUNTED}
+    (outdir / "results.json").write_text(json.dumps(results, indent=1))
+    print(text)
+    print(f"bench: wrote {outdir.relative_to(ROOT)}/report.md, results.json")
+    return 0
+
+
+def _count_side(bench: Bench, side: str, outdir: Path) -> float:
+    """One side: its worker's instructions per request over COUNTED requests."""
+    port = free_port()
+    dump = outdir / f"callgrind.{side}"
+    master = bench.start_wsgiproxy(
+        SPECS[side],
+        f"{side}-callgrind",
+        "http",
+        port,
+        extra={"PROXY_WORKERS": "1", "PYTHONHASHSEED": "0"},
+        wrapper=[
+            "valgrind",
+            "--tool=callgrind",
+            "--trace-children=yes",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={dump}.%p",
+        ],
+    )
+    sock = _first_answer(port)
+    try:
+        _requests(sock, WARM)
+        workers = descendants(master.pid)
+        if len(workers) != 1:
+            raise SystemExit(f"bench: expected one worker under {side}, found {workers}")
+        worker = str(workers[0])
+        _callgrind_control("-i", "on", worker)
+        _requests(sock, COUNTED)
+        _callgrind_control("-i", "off", worker)
+        _callgrind_control("-d", worker)
+        dumped = Path(f"{dump}.{worker}.1")  # the first dump asked for
+        deadline = time.monotonic() + 60
+        while not _total(dumped):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: no callgrind counts for {side} in {dumped}")
+            time.sleep(0.5)
+    finally:
+        sock.close()
+        bench.procs.stop_one(master, grace=60)
+    return _total(dumped) / COUNTED
+
+
+def _first_answer(port: int) -> socket.socket:
+    """A keep-alive connection that has had its first 200 (valgrind starts slowly)."""
+    deadline = time.monotonic() + START_LIMIT_S
+    while True:
+        sock = socket.socket()
+        sock.settimeout(60)
+        try:
+            sock.connect(("127.0.0.1", port))
+            _requests(sock, 1)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"bench: no answer under valgrind in {START_LIMIT_S:.0f}s: {exc}"
+                ) from exc
+            time.sleep(1)
+
+
+def _requests(sock: socket.socket, n: int) -> None:
+    """``n`` requests, each answered before the next is sent. The client is a few C
+    calls a request whatever the response holds: a slower one (http.client parses each
+    header in Python) makes the worker wait for the next request more often, and a
+    wait costs the worker thousands of instructions of its own."""
+    for _ in range(n):
+        sock.sendall(REQUEST)
+        reply = b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise SystemExit("bench: the proxy closed the connection under valgrind")
+            reply += data
+            end = reply.find(b"\r\n\r\n")
+            if end >= 0 and len(reply) >= end + 4 + BODY_LENGTH:
+                break
+        if not reply.startswith(b"HTTP/1.1 200 "):
+            raise SystemExit(f"bench: {reply[:40]!r} under valgrind")
+
+
+def _callgrind_control(*argv: str) -> None:
+    subprocess.run(["callgrind_control", *argv], check=True, capture_output=True, timeout=120)
+
+
+def _total(path: Path) -> int:
+    """The instruction total of one callgrind dump (the largest of its summary and totals
+    lines: the summary line is 0 in a dump asked for); 0 while it is not written whole."""
+    if not path.exists():
+        return 0
+    lines = path.read_text(errors="replace").splitlines()
+    return max(
+        (int(line.split()[1]) for line in lines if line.startswith(("summary:", "totals:"))),
+        default=0,
+    )

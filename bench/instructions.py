@@ -15,20 +15,17 @@ system calls are not in them): this explains a timed difference, it does not rep
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime
 import json
-import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from constants import RESULTS, ROOT
-from processes import Processes, descendants, free_port
+from constants import ROOT
+from processes import descendants, free_port
 from provision import ensure_system_tools
 from proxies import EXPERIMENT, OURS, SPECS
 from servers import Bench
@@ -46,14 +43,8 @@ START_LIMIT_S = 300.0
 
 def run_instructions(args: argparse.Namespace, x_env: dict[str, str]) -> int:
     """Instructions per request for each side, printed with their ratio."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + "-instructions"
-    outdir = RESULTS / stamp
-    (outdir / "logs").mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="wsgiproxy-bench-"))
-    procs = Processes(outdir / "logs")
-    atexit.register(procs.stop_all)
-    atexit.register(shutil.rmtree, tmp, True)
-    bench = Bench(args, procs, tmp, outdir)
+    bench = Bench.for_run(args, "-instructions")
+    outdir, procs = bench.outdir, bench.procs
     bench.x_env = x_env
     sides = [OURS] + ([EXPERIMENT] if args.x_tree or x_env else [])
     counts: dict[str, float] = {}

@@ -16,22 +16,19 @@ kinds of phase: what the method reads when there is no difference.
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime
 import http.client
 import json
 import os
-import shutil
 import signal
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from constants import RESULTS, ROOT, WORKERS
+from constants import ROOT, WORKERS
 from measure import cpu_seconds
-from processes import Processes, descendants, free_port, http_get
+from processes import descendants, free_port, http_get
 from provision import ensure_system_tools
 from proxies import Proxy
 from servers import Bench
@@ -58,14 +55,8 @@ Phase = tuple[float, float]
 
 def run_interleave(args: argparse.Namespace) -> int:
     """One gunicorn, ids switched on and off under a steady load; the ratios reported."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + "-interleave"
-    outdir = RESULTS / stamp
-    (outdir / "logs").mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="wsgiproxy-bench-"))
-    procs = Processes(outdir / "logs")
-    atexit.register(procs.stop_all)
-    atexit.register(shutil.rmtree, tmp, True)
-    bench = Bench(args, procs, tmp, outdir)
+    bench = Bench.for_run(args, "-interleave")
+    outdir, tmp, procs = bench.outdir, bench.tmp, bench.procs
     flag = tmp / "request-ids"
     flag.write_text("1")
     try:

@@ -3,32 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import atexit
-import datetime
 import re
 import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from constants import RESULTS, ROOT
 from measure import measure
-from processes import Processes
 from provision import ensure_system_tools, ensure_venv
 from servers import Bench
 
 
 def run_profile(args: argparse.Namespace, x_env: dict[str, str]) -> int:
     """py-spy on both wsgiproxy workers while wrk drives 100 B at 64 connections."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + "-profile"
-    outdir = RESULTS / stamp
-    (outdir / "logs").mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="wsgiproxy-bench-"))
-    procs = Processes(outdir / "logs")
-    atexit.register(procs.stop_all)
-    atexit.register(shutil.rmtree, tmp, True)
-    bench = Bench(args, procs, tmp, outdir)
+    bench = Bench.for_run(args, "-profile")
+    outdir, tmp, procs, stamp = bench.outdir, bench.tmp, bench.procs, bench.outdir.name
     bench.x_env = x_env
     try:
         ensure_system_tools()

@@ -35,7 +35,6 @@ RSS), report.py (medians and the report), profiling.py (--profile); this file ru
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime
 import json
 import resource
@@ -43,7 +42,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +54,6 @@ from goals import evaluate_goals
 from instructions import run_instructions
 from interleave import run_interleave
 from measure import big_response_growth, check_wrk_absolute_form, measure
-from processes import Processes
 from profiling import run_profile
 from provision import ensure_system_tools, ensure_venv
 from proxies import (
@@ -93,14 +90,8 @@ def parse_x_env(args: argparse.Namespace) -> dict[str, str]:
 
 def run_bench(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
-    outdir = RESULTS / stamp
-    (outdir / "logs").mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="wsgiproxy-bench-"))
-    procs = Processes(outdir / "logs")
-    atexit.register(procs.stop_all)
-    atexit.register(shutil.rmtree, tmp, True)
-    bench = Bench(args, procs, tmp, outdir)
+    bench = Bench.for_run(args, "-quick" if args.quick else "")
+    outdir, tmp, procs, stamp = bench.outdir, bench.tmp, bench.procs, bench.outdir.name
     try:
         return _run(bench, args, outdir, stamp, t_start)
     finally:

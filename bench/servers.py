@@ -4,17 +4,21 @@ table (proxies.py), started once each and reached by port until the run ends."""
 from __future__ import annotations
 
 import argparse
+import atexit
+import datetime
 import json
 import re
+import shutil
 import signal
 import ssl
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import provision
-from constants import BENCH, DELAY, PRODUCT_BIN, ROOT, WORKERS
+from constants import BENCH, DELAY, PRODUCT_BIN, RESULTS, ROOT, WORKERS
 from processes import Processes, clean_env, descendants, free_port, http_get, stat
 from proxies import SPECS, Proxy
 
@@ -65,6 +69,19 @@ class Bench:
     product_commit: str = ""
     #: instances that exited at start and may (proxies.Proxy.may_fail_to_start): why
     not_started: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    @classmethod
+    def for_run(cls, args: argparse.Namespace, kind: str = "") -> Bench:
+        """A run's bench: its results folder (``bench/results/<date><kind>/``, with the
+        servers' ``logs/``), a temporary folder and its processes, the last two gone at
+        exit however the run ends."""
+        outdir = RESULTS / (datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + kind)
+        (outdir / "logs").mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="wsgiproxy-bench-"))
+        procs = Processes(outdir / "logs")
+        atexit.register(procs.stop_all)
+        atexit.register(shutil.rmtree, tmp, True)
+        return cls(args, procs, tmp, outdir)
 
     # ---- files, certificates, the code measured ----
     def prepare_files(self) -> None:

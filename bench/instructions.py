@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from constants import ROOT
 from processes import descendants, free_port
 from provision import ensure_system_tools
 from proxies import EXPERIMENT, OURS, SPECS
+from report import write_report
 from servers import Bench
 
 #: Requests before counting starts: connections made, caches and code paths warm.
@@ -87,11 +85,7 @@ def run_instructions(args: argparse.Namespace, x_env: dict[str, str]) -> int:
     if EXPERIMENT in counts:
         lines += ["", f"{OURS} ÷ {EXPERIMENT}: {counts[OURS] / counts[EXPERIMENT]:.4f}"]
     text = "\n".join(lines) + "\n"
-    (outdir / "report.md").write_text(text)
-    results: dict[str, Any] = {"counts": counts, "warm": WARM, "counted": COUNTED}
-    (outdir / "results.json").write_text(json.dumps(results, indent=1))
-    print(text)
-    print(f"bench: wrote {outdir.relative_to(ROOT)}/report.md, results.json")
+    write_report(outdir, text, {"counts": counts, "warm": WARM, "counted": COUNTED})
     return 0
 
 

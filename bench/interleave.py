@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import http.client
-import json
 import os
 import signal
 import statistics
@@ -26,11 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from constants import ROOT, WORKERS
+from constants import WORKERS
 from measure import cpu_seconds
 from processes import descendants, free_port, http_get
 from provision import ensure_system_tools
 from proxies import Proxy
+from report import write_report
 from servers import Bench
 
 #: Connections wrk keeps busy: the goal's cell, 100 B at 64 connections.
@@ -99,11 +99,7 @@ def run_interleave(args: argparse.Namespace) -> int:
     finally:
         procs.stop_all()
     text, results = _summary(args, bench, blocks)
-    (outdir / "report.md").write_text(text)
-    (outdir / "results.json").write_text(json.dumps(results, indent=1))
-    print()
-    print(text)
-    print(f"bench: wrote {outdir.relative_to(ROOT)}/report.md, results.json")
+    write_report(outdir, text, results)
     return 0
 
 

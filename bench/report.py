@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cells import CELLS
-from constants import DELAY, PRODUCT_BIN, QUEUE_CLIENTS, QUEUE_LIMIT, WORKERS
+from constants import DELAY, PRODUCT_BIN, QUEUE_CLIENTS, QUEUE_LIMIT, ROOT, WORKERS
 from provision import nginx_binary, product_commit
 from proxies import EXPERIMENT, OURS, PROXIES, QUEUE
 
@@ -300,6 +300,15 @@ def paired_table(paired: dict[str, dict[str, Any]]) -> list[str]:
             f"{min(rps):.2f}-{max(rps):.2f} | {cpu_cells} |"
         )
     return lines
+
+
+def write_report(outdir: Path, text: str, results: dict[str, Any]) -> None:
+    """A measuring mode's report.md and results.json under ``outdir``; the report printed."""
+    (outdir / "report.md").write_text(text)
+    (outdir / "results.json").write_text(json.dumps(results, indent=1))
+    print()
+    print(text)
+    print(f"bench: wrote {outdir.relative_to(ROOT)}/report.md, results.json")
 
 
 def failover_table(failover: dict[str, dict[str, Any]]) -> list[str]:

@@ -64,10 +64,10 @@ class CoalescingResponse(GUNICORN_RESPONSE):  # type: ignore[misc]
 
         gunicorn's loop costs about 80 bytecodes and two regular expressions a header.
         Here the names and the values are each checked joined, in C, and the headers are
-        kept as they are. Anything
-        that loop would act on or refuse (a hop-by-hop name, a value to strip, a repeated
-        ``Content-Length``, a bad character, type or shape, a name or value with a
-        newline) goes through gunicorn's own loop instead: its result and its errors.
+        kept as they are. Anything that loop would act on or refuse (a hop-by-hop name, a
+        value to strip, a repeated ``Content-Length``, a bad character, type or shape, a
+        name or value with a newline) goes through gunicorn's own loop instead: its result
+        and its errors.
         """
         try:
             names, values = zip(*headers, strict=True)

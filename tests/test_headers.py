@@ -146,6 +146,19 @@ def test_response_leaves_date_and_server_to_the_server_in_front() -> None:
     assert headers == [("X-Kept", "1"), ("Content-Length", "0"), ("Via", "1.1 wsgiproxy")]
 
 
+@pytest.mark.parametrize(("request_id", "seen"), [("ours", ["ours"]), (None, ["theirs"])])
+def test_response_carries_this_hops_request_id_in_place_of_the_upstreams(
+    request_id: str | None, seen: list[str]
+) -> None:
+    """The client would see two ids, or one the proxy's log never wrote; with ids off, the
+    upstream's own would be lost."""
+    _, headers = response_head(
+        upstream_says(b"HTTP/1.1 200 OK\r\nx-request-ID: theirs\r\nContent-Length: 0\r\n\r\n"),
+        request_id,
+    )
+    assert [v for k, v in headers if k.lower() == "x-request-id"] == seen
+
+
 def test_response_via_joins_the_upstreams_own() -> None:
     """The chain of proxies a response passed would be lost or listed twice."""
     _, headers = response_head(

@@ -132,13 +132,7 @@ class Forwarder:
                 f"{(time.monotonic() - started - exchange.pool_wait) * 1000:.1f}"
             )
             environ["wsgiproxy.conn"] = "reused" if exchange.reused else "new"
-            status, response_headers = response_head(exchange.response)
-            if rid is not None:
-                if "x-request-id" in exchange.response.headers.index:
-                    response_headers = [
-                        h for h in response_headers if h[0].lower() != "x-request-id"
-                    ]
-                response_headers.append(("X-Request-ID", rid))
+            status, response_headers = response_head(exchange.response, rid)
             if exchange.response.status == 101:
                 if not websocket:
                     raise UpstreamProtocolError(

@@ -35,6 +35,8 @@ HOP_BY_HOP = frozenset(
 #: and ``Date`` and ``Server``, which the server in front writes (nginx hides the
 #: upstream's by default too; gunicorn would drop them one by one, at a price).
 _NOT_RELAYED = HOP_BY_HOP | {"date", "server"}
+#: The same, when this hop answers with its own ``X-Request-ID``.
+_NOT_RELAYED_WITH_ID = _NOT_RELAYED | {"x-request-id"}
 #: Request headers this hop writes itself (or has already acted on).
 _REPLACED = frozenset({"host", "expect", "x-forwarded-proto", "x-forwarded-host", "via"})
 #: This hop's name in ``Via``.
@@ -116,20 +118,24 @@ def request_headers(
     return headers
 
 
-def response_head(response: UpstreamResponse) -> tuple[str, list[tuple[str, str]]]:
+def response_head(
+    response: UpstreamResponse, request_id: str | None = None
+) -> tuple[str, list[tuple[str, str]]]:
     """Status line and headers for the client: hop-by-hop, ``Date`` and ``Server``
-    removed, ``Via`` added.
+    removed, ``Via`` added; with a ``request_id``, the upstream's ``X-Request-ID`` is
+    replaced by it, so the client sees the one id every hop logged.
 
     The caller has refused a head with ambiguous framing (``http1.response_framing_error``).
     """
     index = response.headers.index
     connection = index.get("connection")
     dropped = connection_tokens(",".join(connection)) if connection else frozenset()
+    not_relayed = _NOT_RELAYED if request_id is None else _NOT_RELAYED_WITH_ID
     headers: list[tuple[str, str]] = []
     via: str | None = None
     for name, value in response.headers._headers:
         lowered = name.lower()
-        if lowered in _NOT_RELAYED or lowered in dropped:
+        if lowered in not_relayed or lowered in dropped:
             continue
         if lowered == "via":
             via = _append(via, value)
@@ -137,6 +143,8 @@ def response_head(response: UpstreamResponse) -> tuple[str, list[tuple[str, str]
         headers.append((name, value))
     version = "1.0" if response.version == 10 else "1.1"
     headers.append(("Via", _append(via, f"{version} {VIA}")))
+    if request_id is not None:
+        headers.append(("X-Request-ID", request_id))
     status = response.status
     reason = response.reason or (
         HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Unknown"

@@ -5,10 +5,8 @@ request can be followed from the client through the proxy to the upstream; anyth
 is replaced, and a request without one gets a new id: 16 random bytes in hex, as nginx's
 ``$request_id``. Like nginx's, the bytes come from a fast non-cryptographic generator: an
 id names a request for the logs and is no secret. The generator is this module's own,
-reseeded in every forked worker (which also drops the ids its parent drew ahead), so no
-two workers repeat each other's ids and nothing that seeds Python's shared ``random`` can
-make them predictable or repeat. Ids are drawn ``BATCH`` at a time, in one call each for
-the bits and the hex: a request then only takes one from a list.
+reseeded in every forked worker, so no two workers repeat each other's ids and nothing
+that seeds Python's shared ``random`` can make them predictable or repeat.
 """
 
 from __future__ import annotations
@@ -22,28 +20,9 @@ from typing import Any
 ENVIRON_KEY = "wsgiproxy.request_id"
 _SANE = re.compile(r"[\x20-\x7e]{1,200}")
 
-#: Ids drawn in one go; a new id then costs a request one ``list.pop`` (atomic: threads
-#: never take the same one).
-BATCH = 256
-
 _generator = random.Random()
-_drawn: list[str] = []
-
-
-def _draw() -> str:
-    """Draw the next ``BATCH`` ids: keep all but one for later requests, return that one."""
-    digits = _generator.getrandbits(128 * BATCH).to_bytes(16 * BATCH).hex()
-    _drawn.extend([digits[i : i + 32] for i in range(32, len(digits), 32)])
-    return digits[:32]
-
-
-def _forked() -> None:
-    """In a forked child: its own generator, and none of the ids its parent drew ahead."""
-    _drawn.clear()
-    _generator.seed()
-
-
-os.register_at_fork(after_in_child=_forked)
+os.register_at_fork(after_in_child=_generator.seed)
+_random_bits = _generator.getrandbits
 
 
 def assign(environ: dict[str, Any]) -> str:
@@ -53,9 +32,6 @@ def assign(environ: dict[str, Any]) -> str:
     if given is not None and _SANE.fullmatch(given) is not None and given.strip():
         rid = given.strip()
     else:
-        try:
-            rid = _drawn.pop()
-        except IndexError:
-            rid = _draw()
+        rid = _random_bits(128).to_bytes(16).hex()
     environ[ENVIRON_KEY] = rid
     return rid

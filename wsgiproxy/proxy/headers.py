@@ -16,6 +16,7 @@ from http import HTTPStatus
 from typing import Any
 
 from ..client.http1 import UpstreamResponse
+from ..server.gunicorn import DROPPED_BY_GUNICORN, CheckedHeaders
 
 #: Hop-by-hop headers (RFC 9110 7.6.1), plus the proxy-only ones: never forwarded.
 HOP_BY_HOP = frozenset(
@@ -33,8 +34,9 @@ HOP_BY_HOP = frozenset(
 )
 #: Response headers the client gets from this hop, not the upstream: hop-by-hop ones,
 #: and ``Date`` and ``Server``, which the server in front writes (nginx hides the
-#: upstream's by default too; gunicorn would drop them one by one, at a price).
-_NOT_RELAYED = HOP_BY_HOP | {"date", "server"}
+#: upstream's by default too). Whatever else gunicorn drops goes too, so that the
+#: headers are ``CheckedHeaders``.
+_NOT_RELAYED = HOP_BY_HOP | {"date", "server"} | DROPPED_BY_GUNICORN
 #: The same, when this hop answers with its own ``X-Request-ID``.
 _NOT_RELAYED_WITH_ID = _NOT_RELAYED | {"x-request-id"}
 #: Request headers this hop writes itself (or has already acted on).
@@ -120,18 +122,22 @@ def request_headers(
 
 def response_head(
     response: UpstreamResponse, request_id: str | None = None
-) -> tuple[str, list[tuple[str, str]]]:
+) -> tuple[str, CheckedHeaders]:
     """Status line and headers for the client: hop-by-hop, ``Date`` and ``Server``
     removed, ``Via`` added; with a ``request_id``, the upstream's ``X-Request-ID`` is
     replaced by it, so the client sees the one id every hop logged.
 
     The caller has refused a head with ambiguous framing (``http1.response_framing_error``).
+    The headers are ``CheckedHeaders``: the client parser let through only token names
+    and values without control characters (but tab) or edge whitespace, ``Via`` joins
+    such values, and a request id is printable ASCII without edge spaces
+    (``request_id.assign``).
     """
     index = response.headers.index
     connection = index.get("connection")
     dropped = connection_tokens(",".join(connection)) if connection else frozenset()
     not_relayed = _NOT_RELAYED if request_id is None else _NOT_RELAYED_WITH_ID
-    headers: list[tuple[str, str]] = []
+    headers = CheckedHeaders()
     via: str | None = None
     for name, value in response.headers._headers:
         lowered = name.lower()
@@ -140,6 +146,8 @@ def response_head(
         if lowered == "via":
             via = _append(via, value)
             continue
+        if lowered == "content-length":
+            headers.content_length = value
         headers.append((name, value))
     version = "1.0" if response.version == 10 else "1.1"
     headers.append(("Via", _append(via, f"{version} {VIA}")))

@@ -7,7 +7,8 @@ nowhere else: this module (the version check, the socket hand-over, ``install``)
 stops and reloads). The whole list:
 
 - ``CoalescingResponse``: gunicorn's response writer, sending a small response's head in
-  the same call as its first body bytes rather than one send each.
+  the same call as its first body bytes rather than one send each, and taking
+  ``CheckedHeaders`` (the proxy's, from heads its parser checked) without checking again.
 - ``http_date``: gunicorn's ``Date`` value, formatted once a second, not once a response.
 - batched accepts: a gevent worker takes up to ``ACCEPT_BATCH`` new connections a turn.
 - ``write_refusal``: gunicorn's answer to a request its parser refuses (CL with TE, a bad
@@ -54,8 +55,10 @@ from .stopping import (
 )
 from .writer import (
     COALESCE_LIMIT,
+    DROPPED_BY_GUNICORN,
     GUNICORN_RESPONSE,
     REFUSAL_TEXT_LIMIT,
+    CheckedHeaders,
     CoalescingResponse,
     http_date,
     refusal_bytes,
@@ -229,9 +232,11 @@ def install(worker: Any | None = None, on_stop_deadline: Callable[[], None] | No
 __all__ = [
     "ACCEPT_BATCH",
     "COALESCE_LIMIT",
+    "DROPPED_BY_GUNICORN",
     "REFUSAL_TEXT_LIMIT",
     "VERIFIED_GUNICORN",
     "WORKER_BOOT_ERROR",
+    "CheckedHeaders",
     "CoalescingResponse",
     "check_gunicorn_in_master",
     "check_gunicorn_version",

@@ -35,6 +35,26 @@ _VALUE_BYTES = b"\t\n " + bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100))
 #: The names gunicorn's writer drops or acts on (gunicorn/util.py: hop_headers).
 _HOPPISH = frozenset(gunicorn_util.hop_headers)
 
+#: Header names gunicorn's writer drops from an app's response (or acts on).
+DROPPED_BY_GUNICORN = _HOPPISH
+
+
+class CheckedHeaders(list[tuple[str, str]]):
+    """An app's response headers, already held to the rules gunicorn's writer checks, so
+    ``CoalescingResponse`` takes them as they are: every name a token and none that
+    gunicorn drops (``DROPPED_BY_GUNICORN``), every value free of control characters but
+    tab and of spaces or tabs at its edges. ``content_length`` is the value of the last
+    ``Content-Length`` among them, or None. Whoever builds one vouches for all of that
+    (the proxy's ``response_head``, from a head its client parser checked); on any other
+    server it is a plain list."""
+
+    __slots__ = ("content_length",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.content_length: str | None = None
+
+
 #: gunicorn's own writer class, whatever ``install()`` later puts in its place.
 GUNICORN_RESPONSE: Any = gunicorn_wsgi.Response
 _format_date = gunicorn_util.http_date
@@ -67,8 +87,13 @@ class CoalescingResponse(GUNICORN_RESPONSE):  # type: ignore[misc]
         kept as they are. Anything that loop would act on or refuse (a hop-by-hop name, a
         value to strip, a repeated ``Content-Length``, a bad character, type or shape, a
         name or value with a newline) goes through gunicorn's own loop instead: its result
-        and its errors.
+        and its errors. ``CheckedHeaders`` were checked where they were built.
         """
+        if type(headers) is CheckedHeaders:
+            if headers.content_length is not None:
+                self.response_length = int(headers.content_length)  # as gunicorn's loop
+            self.headers.extend(headers)
+            return
         try:
             names, values = zip(*headers, strict=True)
             joined_names, joined_values = "\n".join(names), "\n".join(values)

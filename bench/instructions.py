@@ -16,6 +16,11 @@ with what it calls). That cache is 4,096 slots indexed by a type's version tag a
 name's address: which pairs of hot attributes evict each other is a lottery drawn anew by
 any change to the order in which types are first used, and one losing draw moves a
 count by 1-2% whatever the code does. The count without them is the code's own.
+
+With ``--interleave`` (``run_switched``): one worker under callgrind, its request ids
+switched on and off in place (``switch_app.py``) between counted phases in ABBA order.
+Both sides then share one process, one memory layout and one draw of that lottery: the
+count difference is what the ids' own code adds.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ import argparse
 import datetime
 import re
 import socket
+import statistics
 import subprocess
 import threading
 import time
 from pathlib import Path
 
+from interleave import SWITCH, switch
 from processes import descendants, free_port
 from provision import ensure_system_tools
 from proxies import EXPERIMENT, OURS, SPECS
@@ -44,6 +51,13 @@ REQUEST = b"GET /100b.bin HTTP/1.1\r\nHost: bench\r\n\r\n"
 BODY_LENGTH = 100
 #: Each side's answer under valgrind is ~50 times slower than without.
 START_LIMIT_S = 300.0
+#: ``run_switched``: ids on or off in each counted phase (ABBA, four times: a phase that
+#: a garbage collection lands in counts thousands more a request, and the median drops it).
+SWITCHED_PHASES = (True, False, False, True, False, True, True, False) * 2
+#: ``run_switched``: requests after each switch before counting, so no request in a
+#: counted phase began in the other mode.
+SWITCH_SETTLE = 20
+_VALGRIND = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no"]
 
 
 def run_instructions(args: argparse.Namespace, x_env: dict[str, str]) -> int:
@@ -121,13 +135,7 @@ def _count_side(bench: Bench, side: str, outdir: Path) -> tuple[float, float]:
         "http",
         port,
         extra={"PROXY_WORKERS": "1", "PYTHONHASHSEED": "0"},
-        wrapper=[
-            "valgrind",
-            "--tool=callgrind",
-            "--trace-children=yes",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={dump}.%p",
-        ],
+        wrapper=[*_VALGRIND, f"--callgrind-out-file={dump}.%p"],
     )
     sock = _first_answer(port)
     try:
@@ -141,15 +149,100 @@ def _count_side(bench: Bench, side: str, outdir: Path) -> tuple[float, float]:
         _callgrind_control("-i", "off", worker)
         _callgrind_control("-d", worker)
         dumped = Path(f"{dump}.{worker}.1")  # the first dump asked for
-        deadline = time.monotonic() + 60
-        while not _total(dumped):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"bench: no callgrind counts for {side} in {dumped}")
-            time.sleep(0.5)
+        total = _dumped_total(dumped)
     finally:
         sock.close()
         bench.procs.stop_one(master, grace=60)
-    return _total(dumped) / COUNTED, _type_cache_misses(dumped) / COUNTED
+    return total / COUNTED, _type_cache_misses(dumped) / COUNTED
+
+
+def run_switched(args: argparse.Namespace) -> int:
+    """Instructions per request in one worker with ids on and off by turns, and the ratio
+    of the phases' medians."""
+    bench = Bench.for_run(args, "-instructions-switched")
+    outdir, procs = bench.outdir, bench.procs
+    flag = bench.tmp / "request-ids"
+    flag.write_text("1")
+    dump = outdir / "callgrind.switched"
+    counts: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        ensure_system_tools(valgrind=True)
+        bench.snapshot_product()
+        bench.prepare_files()
+        bench.start_upstreams()
+        port = free_port()
+        master = bench.start_wsgiproxy(
+            SWITCH,
+            f"{SWITCH.name}-callgrind",
+            "http",
+            port,
+            extra={"PROXY_WORKERS": "1", "PYTHONHASHSEED": "0", "BENCH_SWITCH_FLAG": str(flag)},
+            wrapper=[*_VALGRIND, f"--callgrind-out-file={dump}.%p"],
+        )
+        sock = _first_answer(port)
+        try:
+            worker = _switchable_worker(master.pid, flag)
+            _requests(sock, WARM)
+            for phase, ids in enumerate(SWITCHED_PHASES, start=1):
+                switch(flag, [worker], ids)
+                if _requests(sock, SWITCH_SETTLE) != ids:
+                    raise SystemExit(f"bench: request ids did not switch {'on' if ids else 'off'}")
+                _callgrind_control("-i", "on", str(worker))
+                _requests(sock, COUNTED)
+                _callgrind_control("-i", "off", str(worker))
+                _callgrind_control("-d", str(worker))
+                counts[ids].append(_dumped_total(Path(f"{dump}.{worker}.{phase}")) / COUNTED)
+        finally:
+            sock.close()
+    finally:
+        procs.stop_all()
+    on, off = statistics.median(counts[True]), statistics.median(counts[False])
+    lines = [
+        f"# Instructions per request, ids switched in one worker — "
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}",
+        "",
+        f"- code: wsgiproxy commit {bench.product_commit}, snapshot {bench.product_digest}",
+        f"- run: one gevent worker under callgrind, 100 B from nginx on one keep-alive "
+        f"connection; {len(SWITCHED_PHASES)} phases of {COUNTED} counted requests, ids "
+        f"switched in ABBA order (bench/switch_app.py)",
+        "",
+        "| ids | instructions per request, each phase | median |",
+        "|---|---|---|",
+        *(
+            f"| {'on' if ids else 'off'} | {', '.join(f'{c:,.0f}' for c in counts[ids])} "
+            f"| {(on if ids else off):,.0f} |"
+            for ids in (True, False)
+        ),
+        "",
+        f"ids on ÷ off: {on / off:.4f} (+{on - off:,.0f} instructions a request)",
+    ]
+    write_report(
+        outdir,
+        "\n".join(lines) + "\n",
+        {"on": counts[True], "off": counts[False], "ratio": on / off, "counted": COUNTED},
+    )
+    return 0
+
+
+def _switchable_worker(master: int, flag: Path) -> int:
+    """The one worker, once switch_app.py's handler is in place."""
+    deadline = time.monotonic() + START_LIMIT_S
+    while time.monotonic() < deadline:
+        workers = descendants(master)
+        if len(workers) == 1 and Path(f"{flag}.{workers[0]}").exists():
+            return workers[0]
+        time.sleep(0.5)
+    raise SystemExit("bench: the switchable worker did not start under valgrind")
+
+
+def _dumped_total(path: Path) -> int:
+    """The total of a dump callgrind_control asked for, once it is written whole."""
+    deadline = time.monotonic() + 60
+    while not _total(path):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: no callgrind counts in {path}")
+        time.sleep(0.5)
+    return _total(path)
 
 
 def _first_answer(port: int) -> socket.socket:
@@ -171,11 +264,13 @@ def _first_answer(port: int) -> socket.socket:
             time.sleep(1)
 
 
-def _requests(sock: socket.socket, n: int) -> None:
-    """``n`` requests, each answered before the next is sent. The client is a few C
-    calls a request whatever the response holds: a slower one (http.client parses each
-    header in Python) makes the worker wait for the next request more often, and a
-    wait costs the worker thousands of instructions of its own."""
+def _requests(sock: socket.socket, n: int) -> bool:
+    """``n`` requests, each answered before the next is sent; whether the last answer
+    carried a request id. The client is a few C calls a request whatever the response
+    holds: a slower one (http.client parses each header in Python) makes the worker wait
+    for the next request more often, and a wait costs the worker thousands of
+    instructions of its own."""
+    reply = b""
     for _ in range(n):
         sock.sendall(REQUEST)
         reply = b""
@@ -189,6 +284,7 @@ def _requests(sock: socket.socket, n: int) -> None:
                 break
         if not reply.startswith(b"HTTP/1.1 200 "):
             raise SystemExit(f"bench: {reply[:40]!r} under valgrind")
+    return b"\r\nX-Request-ID: " in reply
 
 
 def _callgrind_control(*argv: str) -> None:

@@ -90,7 +90,7 @@ def run_interleave(args: argparse.Namespace) -> int:
             order = (True, False, False, True) if b % 2 == 0 else (False, True, True, False)
             block: dict[bool, list[Phase]] = {True: [], False: []}
             for ids in order:
-                _switch(flag, workers, ids or args.interleave_control)
+                switch(flag, workers, ids or args.interleave_control)
                 time.sleep(SETTLE_S)
                 block[ids].append(_phase(bench, workers, args.phase))
             blocks.append(_ratios(block))
@@ -103,7 +103,7 @@ def run_interleave(args: argparse.Namespace) -> int:
     return 0
 
 
-def _switch(flag: Path, workers: list[int], ids: bool) -> None:
+def switch(flag: Path, workers: list[int], ids: bool) -> None:
     """Every worker to request ids on (or off), through the flag file and SIGUSR2."""
     flag.write_text("1" if ids else "0")
     for pid in workers:
@@ -113,7 +113,7 @@ def _switch(flag: Path, workers: list[int], ids: bool) -> None:
 def _check_switch(port: int, flag: Path, workers: list[int]) -> None:
     """The switch works, or the run would compare the proxy with itself and say "free"."""
     for ids in (False, True):
-        _switch(flag, workers, ids)
+        switch(flag, workers, ids)
         time.sleep(SETTLE_S)
         seen = set()
         for _ in range(4 * WORKERS):  # new connections: both workers answer some

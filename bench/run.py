@@ -51,7 +51,7 @@ from cells import CELLS, Cell
 from constants import BENCH, PRODUCT_BIN, QUEUE_CLIENTS, QUEUE_LIMIT, RESULTS, ROOT, WORKERS
 from failover import run_failover
 from goals import evaluate_goals
-from instructions import run_instructions
+from instructions import run_instructions, run_switched
 from interleave import run_interleave
 from measure import big_response_growth, check_wrk_absolute_form, measure
 from profiling import run_profile
@@ -451,7 +451,8 @@ def main() -> int:
         "--instructions",
         action="store_true",
         help="count a worker's instructions per request under valgrind, wsgiproxy and"
-        " (with --x-tree or --x-env) wsgiproxy-x (bench/instructions.py; about 3 min)",
+        " (with --x-tree or --x-env) wsgiproxy-x (bench/instructions.py; about 3 min);"
+        " with --interleave, ids switched on and off in one worker",
     )
     ap.add_argument("--blocks", type=int, default=30, help="--interleave: ABBA blocks")
     ap.add_argument("--phase", type=float, default=1.5, help="--interleave: seconds a phase")
@@ -492,6 +493,8 @@ def main() -> int:
     signal.alarm(hard_limit)
     if args.profile:
         return run_profile(args, parse_x_env(args))
+    if args.instructions and args.interleave:
+        return run_switched(args)
     if args.interleave or args.interleave_control:
         return run_interleave(args)
     if args.instructions:

@@ -613,8 +613,15 @@ def test_gunicorn_as_the_unit_runs_it_notifies_ready_and_survives_reload(
 
         wait_until(replaced, 30, "the workers to be replaced after SIGHUP")
         assert proxy.proc.poll() is None
-        reply = request(proxy.port, "GET", "/_proxy/metrics")
-        assert reply.status == 200 and b"wsgiproxy_requests_total" in reply.body
+
+        def counted() -> bool:
+            reply = request(proxy.port, "GET", "/_proxy/metrics")
+            assert reply.status == 200
+            return b"wsgiproxy_requests_total" in reply.body
+
+        # A scrape shows its own worker's requests at once and the others' within a
+        # second (metrics.py): right after the HUP, the answering worker may have none.
+        wait_until(counted, 10, "the requests counted in /_proxy/metrics after the reload")
     finally:
         notify.close()
         proxy.stop()

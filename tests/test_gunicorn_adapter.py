@@ -284,6 +284,26 @@ def test_the_proxys_checked_headers_are_what_gunicorn_would_keep() -> None:
     assert compared > 1000
 
 
+def _parses(head: bytes) -> list[tuple[str, str]] | None:
+    try:
+        return list(upstream_says(head).headers._headers)
+    except Exception:
+        return None
+
+
+def test_the_client_parser_lets_through_only_what_gunicorn_allows() -> None:
+    """CheckedHeaders rest on this: a byte the parser took in a name or value that
+    gunicorn refuses would reach the client unchecked."""
+    for byte in range(256):
+        char = chr(byte)
+        name = _parses(b"HTTP/1.1 200 OK\r\nX" + bytes([byte]) + b"A: v\r\n\r\n")
+        allowed = gunicorn_wsgi.TOKEN_RE.fullmatch(f"X{char}A") is not None
+        assert (name == [(f"X{char}A", "v")]) == allowed, (byte, name)
+        value = _parses(b"HTTP/1.1 200 OK\r\nX-A: a" + bytes([byte]) + b"b\r\n\r\n")
+        allowed = gunicorn_wsgi.HEADER_VALUE_RE.fullmatch(f"a{char}b") is not None
+        assert (value == [("X-A", f"a{char}b")]) == allowed, (byte, value)
+
+
 def test_a_gevent_worker_accepts_in_batches() -> None:
     """With gunicorn's max_accept of 1, a busy worker took up to a second to accept a
     burst of new clients (whose requests waited unread meanwhile)."""

@@ -238,11 +238,11 @@ def _switchable_worker(master: int, flag: Path) -> int:
 def _dumped_total(path: Path) -> int:
     """The total of a dump callgrind_control asked for, once it is written whole."""
     deadline = time.monotonic() + 60
-    while not _total(path):
+    while not (total := _total(path)):
         if time.monotonic() > deadline:
             raise SystemExit(f"bench: no callgrind counts in {path}")
         time.sleep(0.5)
-    return _total(path)
+    return total
 
 
 def _first_answer(port: int) -> socket.socket:

@@ -32,11 +32,9 @@ REFUSAL_TEXT_LIMIT = 300
 _TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _NAME_BYTES = _TOKEN_CHARS + b"\n"
 _VALUE_BYTES = b"\t\n " + bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100))
-#: The names gunicorn's writer drops or acts on (gunicorn/util.py: hop_headers).
-_HOPPISH = frozenset(gunicorn_util.hop_headers)
-
-#: Header names gunicorn's writer drops from an app's response (or acts on).
-DROPPED_BY_GUNICORN = _HOPPISH
+#: Header names gunicorn's writer drops from an app's response, or acts on
+#: (gunicorn/util.py: hop_headers).
+DROPPED_BY_GUNICORN = frozenset(gunicorn_util.hop_headers)
 
 
 class CheckedHeaders(list[tuple[str, str]]):
@@ -115,7 +113,7 @@ class CoalescingResponse(GUNICORN_RESPONSE):  # type: ignore[misc]
             or len(lowered) != len(names)
             or joined_values.count("\n") != len(values) - 1
             or "" in lowered
-            or not _HOPPISH.isdisjoint(lowered)
+            or not DROPPED_BY_GUNICORN.isdisjoint(lowered)
             or lowered.count("content-length") > 1
         ):
             super().process_headers(headers)

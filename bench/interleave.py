@@ -8,9 +8,11 @@ run and its workers switch request ids on and off in place (``switch_app.py``) w
 wrk keeps 64 connections busy on the 100 B file. Phases alternate in ABBA blocks (on,
 off, off, on; then off, on, on, off), so a drift of the machine within a block cancels.
 Per block: req/s with ids over req/s without (from the upstream's count of requests
-handled), and the workers' CPU per request likewise. Reported: the median over blocks,
-and the mean with its standard error. ``--interleave-control`` keeps ids on in both
-kinds of phase: what the method reads when there is no difference.
+handled), and the workers' CPU per request likewise, split into user and kernel time.
+Reported: the median over blocks, and the mean with its standard error.
+``--rounds N`` serves the blocks from N gunicorns one after another, so the luck of a
+process is averaged too. ``--interleave-control`` keeps ids on in both kinds of phase:
+what the method reads when there is no difference.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from constants import WORKERS
-from measure import cpu_seconds
+from measure import cpu_split
 from processes import descendants, free_port, http_get
 from provision import ensure_system_tools
 from proxies import Proxy
@@ -49,12 +51,13 @@ SWITCH = Proxy(
     module="switch_app:app",
 )
 
-#: One phase: (req/s, CPU seconds of the workers per request).
-Phase = tuple[float, float]
+#: One phase: req/s, then the workers' user and kernel CPU seconds per request.
+Phase = tuple[float, float, float]
 
 
 def run_interleave(args: argparse.Namespace) -> int:
-    """One gunicorn, ids switched on and off under a steady load; the ratios reported."""
+    """Gunicorns (one per round), ids switched on and off under a steady load; the ratios
+    reported."""
     bench = Bench.for_run(args, "-interleave")
     outdir, tmp, procs = bench.outdir, bench.tmp, bench.procs
     flag = tmp / "request-ids"
@@ -64,43 +67,63 @@ def run_interleave(args: argparse.Namespace) -> int:
         bench.snapshot_product()
         bench.prepare_files()
         bench.start_upstreams()
-        port = free_port()
-        master = bench.start_wsgiproxy(
-            SWITCH, SWITCH.name, "http", port, extra={"BENCH_SWITCH_FLAG": str(flag)}
-        )
-        workers = _ready_workers(port, master.pid, flag)
-        _check_switch(port, flag, workers)
-        load_s = int(4 * args.blocks * (args.phase + SETTLE_S + 0.5) + args.warmup + 30)
-        wrk = procs.start(
-            "wrk",
-            [
-                "wrk",
-                "-t",
-                "2",
-                "-c",
-                str(CONNECTIONS),
-                "-d",
-                f"{load_s}s",
-                f"http://127.0.0.1:{port}/100b.bin",
-            ],
-        )
-        time.sleep(max(args.warmup, WARMUP_S))
         blocks: list[dict[str, float]] = []
-        for b in range(args.blocks):
-            order = (True, False, False, True) if b % 2 == 0 else (False, True, True, False)
-            block: dict[bool, list[Phase]] = {True: [], False: []}
-            for ids in order:
-                switch(flag, workers, ids or args.interleave_control)
-                time.sleep(SETTLE_S)
-                block[ids].append(_phase(bench, workers, args.phase))
-            blocks.append(_ratios(block))
-            print(_block_line(b, blocks[-1]), flush=True)
-        procs.stop_one(wrk)
+        per_round = -(-args.blocks // args.rounds)  # ceiling: every block is run
+        for first in range(0, args.blocks, per_round):
+            count = min(per_round, args.blocks - first)
+            blocks += _round(args, bench, flag, first, count)
     finally:
         procs.stop_all()
     text, results = _summary(args, bench, blocks)
     write_report(outdir, text, results)
     return 0
+
+
+def _round(
+    args: argparse.Namespace, bench: Bench, flag: Path, first: int, count: int
+) -> list[dict[str, float]]:
+    """``count`` ABBA blocks in a gunicorn of their own, under wrk's load from start to end.
+
+    Each round's processes draw their own luck (hash seed, memory layout, CPython's
+    type-attribute cache slots), which can favour one side's code path by a percent for
+    the whole life of a process; ``--rounds`` averages that luck as the blocks average
+    the machine's drift."""
+    procs = bench.procs
+    port = free_port()
+    master = bench.start_wsgiproxy(
+        SWITCH, f"{SWITCH.name}-{first}", "http", port, extra={"BENCH_SWITCH_FLAG": str(flag)}
+    )
+    workers = _ready_workers(port, master.pid, flag)
+    _check_switch(port, flag, workers)
+    load_s = int(4 * count * (args.phase + SETTLE_S + 0.5) + args.warmup + 30)
+    wrk = procs.start(
+        f"wrk-{first}",
+        [
+            "wrk",
+            "-t",
+            "2",
+            "-c",
+            str(CONNECTIONS),
+            "-d",
+            f"{load_s}s",
+            f"http://127.0.0.1:{port}/100b.bin",
+        ],
+    )
+    time.sleep(max(args.warmup, WARMUP_S))
+    blocks: list[dict[str, float]] = []
+    for b in range(first, first + count):
+        order = (True, False, False, True) if b % 2 == 0 else (False, True, True, False)
+        block: dict[bool, list[Phase]] = {True: [], False: []}
+        for ids in order:
+            switch(flag, workers, ids or args.interleave_control)
+            time.sleep(SETTLE_S)
+            block[ids].append(_phase(bench, workers, args.phase))
+        blocks.append({**_ratios(block), "round": first})
+        print(_block_line(b, blocks[-1]), flush=True)
+    for proc in (wrk, master):
+        procs.stop_one(proc)
+        procs.forget(proc)
+    return blocks
 
 
 def switch(flag: Path, workers: list[int], ids: bool) -> None:
@@ -147,26 +170,33 @@ def _ready_workers(port: int, master: int, flag: Path, limit_s: float = 60.0) ->
 
 
 def _phase(bench: Bench, workers: list[int], seconds: float) -> Phase:
-    """req/s and worker CPU per request over one phase of steady load."""
-    handled, cpu, t = bench.upstream_handled(), cpu_seconds(workers), time.monotonic()
+    """req/s and worker CPU (user, kernel) per request over one phase of steady load."""
+    handled, cpu, t = bench.upstream_handled(), cpu_split(workers), time.monotonic()
     time.sleep(seconds)
     requests = bench.upstream_handled() - handled
     elapsed = time.monotonic() - t
     if requests <= 0:
         raise SystemExit("bench: no requests reached the upstream in a phase (did wrk stop?)")
-    return requests / elapsed, (cpu_seconds(workers) - cpu) / requests
+    user, kernel = cpu_split(workers)
+    return requests / elapsed, (user - cpu[0]) / requests, (kernel - cpu[1]) / requests
 
 
 def _ratios(block: dict[bool, list[Phase]]) -> dict[str, float]:
     """One ABBA block: the two phases of each kind together, then with ids over without."""
     on, off = block[True], block[False]
     rps_on, rps_off = sum(p[0] for p in on) / 2, sum(p[0] for p in off) / 2
-    cpu_on, cpu_off = sum(p[1] for p in on) / 2, sum(p[1] for p in off) / 2
+    user_on, user_off = sum(p[1] for p in on) / 2, sum(p[1] for p in off) / 2
+    kernel_on, kernel_off = sum(p[2] for p in on) / 2, sum(p[2] for p in off) / 2
+    cpu_on, cpu_off = user_on + kernel_on, user_off + kernel_off
     return {
         "rps_on": rps_on,
         "rps_off": rps_off,
         "cpu_us_on": cpu_on * 1e6,
         "cpu_us_off": cpu_off * 1e6,
+        "user_us_on": user_on * 1e6,
+        "user_us_off": user_off * 1e6,
+        "kernel_us_on": kernel_on * 1e6,
+        "kernel_us_off": kernel_off * 1e6,
         "rps_ratio": rps_on / rps_off,
         "cpu_ratio": cpu_on / cpu_off,
     }
@@ -214,6 +244,26 @@ def _summary(
             f"| {name} | {s['median']:.3f} | {s['mean']:.3f} ± {s['stderr']:.3f} | "
             f"{s['low']:.3f} | {s['high']:.3f} |"
         )
+    lines += [
+        "",
+        "| workers' CPU per request (µs, mean over blocks) | ids on | ids off | on − off |",
+        "|---|---|---|---|",
+    ]
+    for part in ("user", "kernel", "cpu"):
+        on_us = statistics.mean(b[f"{part}_us_on"] for b in blocks)
+        off_us = statistics.mean(b[f"{part}_us_off"] for b in blocks)
+        name = "both" if part == "cpu" else part
+        lines.append(f"| {name} | {on_us:.1f} | {off_us:.1f} | {on_us - off_us:+.2f} |")
+    rounds = sorted({b["round"] for b in blocks})
+    if len(rounds) > 1:
+        means = [statistics.mean(b["rps_ratio"] for b in blocks if b["round"] == r) for r in rounds]
+        lines += [
+            "",
+            f"Each round's mean req/s ratio ({len(rounds)} gunicorns, one after another): "
+            + ", ".join(f"{m:.3f}" for m in means)
+            + f"; their mean {statistics.mean(means):.3f} ± "
+            f"{statistics.stdev(means) / len(means) ** 0.5:.3f}",
+        ]
     if not control:
         lines += [
             "",

@@ -22,12 +22,18 @@ from servers import Bench, Instance
 
 def cpu_seconds(pids: list[int]) -> float:
     """utime + stime of each process, its reaped children included."""
-    total = 0
+    return sum(cpu_split(pids))
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(user, kernel) CPU seconds of the processes, their reaped children included."""
+    user = kernel = 0
     for pid in pids:
         st = stat(pid)
         if st:
-            total += sum(int(x) for x in st[11:15])
-    return total / CLK_TCK
+            user += int(st[11]) + int(st[13])
+            kernel += int(st[12]) + int(st[14])
+    return user / CLK_TCK, kernel / CLK_TCK
 
 
 def rss_bytes(pid: int) -> int:

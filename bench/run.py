@@ -456,6 +456,12 @@ def main() -> int:
     )
     ap.add_argument("--blocks", type=int, default=30, help="--interleave: ABBA blocks")
     ap.add_argument("--phase", type=float, default=1.5, help="--interleave: seconds a phase")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="--interleave: a new gunicorn for each of this many shares of the blocks",
+    )
     ap.add_argument("--profile-proxy", default="wsgiproxy")
     ap.add_argument(
         "--profile-cell",

@@ -58,8 +58,15 @@ def test_a_request_refused_before_it_is_sent_carries_a_new_id(
     wait_until(lambda: f"request_id={rid}" in proxy.log(), 5, "the id in the access log")
 
 
-def test_a_forked_worker_does_not_repeat_its_parents_ids() -> None:
-    """Workers forked from one process (gunicorn --preload) would hand out the same ids."""
+@pytest.mark.parametrize("drawn_ahead", [True, False], ids=["ids-left", "none-left"])
+def test_a_forked_worker_does_not_repeat_its_parents_ids(
+    drawn_ahead: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers forked from one process (gunicorn --preload) would hand out the same ids:
+    the ones the parent drew ahead, or those its generator draws next."""
+    monkeypatch.setattr(request_id, "_drawn", [])  # a known start: nothing drawn ahead
+    if drawn_ahead:
+        request_id.assign({})  # draws a batch, takes one: the rest is left at the fork
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its next ids, to the parent
@@ -74,6 +81,13 @@ def test_a_forked_worker_does_not_repeat_its_parents_ids() -> None:
     parent = [request_id.assign({}) for _ in range(3)]
     assert len(child) == 3 and all(HEX32.fullmatch(i) for i in child)
     assert not set(child) & set(parent), (child, parent)
+
+
+def test_ids_stay_unique_and_well_formed_across_draws() -> None:
+    """Ids are drawn many at a time; a slip at a batch's edge would repeat or cut one."""
+    ids = [request_id.assign({}) for _ in range(3 * request_id.BATCH + 5)]
+    assert all(HEX32.fullmatch(i) for i in ids)
+    assert len(set(ids)) == len(ids)
 
 
 def test_request_ids_can_be_turned_off(

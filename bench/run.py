@@ -51,7 +51,7 @@ from cells import CELLS, Cell
 from constants import BENCH, PRODUCT_BIN, QUEUE_CLIENTS, QUEUE_LIMIT, RESULTS, ROOT, WORKERS
 from failover import run_failover
 from goals import evaluate_goals
-from instructions import run_instructions, run_switched
+from instructions import run_in_process, run_instructions, run_switched
 from interleave import run_interleave
 from measure import big_response_growth, check_wrk_absolute_form, measure
 from profiling import run_profile
@@ -454,6 +454,12 @@ def main() -> int:
         " (with --x-tree or --x-env) wsgiproxy-x (bench/instructions.py; about 3 min);"
         " with --interleave, ids switched on and off in one worker",
     )
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="with --instructions: the ids' instructions counted in one process that calls"
+        " the app directly (bench/in_process_driver.py; about 2 min)",
+    )
     ap.add_argument("--blocks", type=int, default=30, help="--interleave: ABBA blocks")
     ap.add_argument("--phase", type=float, default=1.5, help="--interleave: seconds a phase")
     ap.add_argument(
@@ -499,6 +505,8 @@ def main() -> int:
     signal.alarm(hard_limit)
     if args.profile:
         return run_profile(args, parse_x_env(args))
+    if args.instructions and args.in_process:
+        return run_in_process(args)
     if args.instructions and args.interleave:
         return run_switched(args)
     if args.interleave or args.interleave_control:

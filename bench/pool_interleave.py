@@ -1,0 +1,56 @@
+"""Pool the blocks of several `run.py --interleave` runs into one figure.
+
+Usage: .venv/bin/python bench/pool_interleave.py bench/results/<run>/results.json ...
+
+One run of 200 blocks reads the ids' price to about ±0.5% (standard error); runs on
+different hours of this shared machine differ by about as much. Pooling their blocks
+gives the figure to quote, with each run's own line beside it so a run that stands
+apart shows.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def spread(values: list[float]) -> str:
+    """Median, then mean ± standard error."""
+    error = statistics.stdev(values) / len(values) ** 0.5
+    return f"{statistics.median(values):.4f} | {statistics.mean(values):.4f} ± {error:.4f}"
+
+
+def main(paths: list[str]) -> int:
+    if not paths:
+        print(__doc__.strip().splitlines()[2], file=sys.stderr)
+        return 2
+    runs: list[tuple[str, list[dict[str, Any]]]] = []
+    for path in paths:
+        results = json.loads(Path(path).read_text())
+        if results.get("control"):
+            raise SystemExit(f"{path}: a control run (ids on in both phases); pool it apart")
+        runs.append((f"{Path(path).parent.name} ({results['commit']})", results["blocks"]))
+    print(
+        "| run | blocks | req/s ratio: median | mean ± standard error "
+        "| CPU per request: median | mean ± standard error |"
+    )
+    print("|---|---|---|---|---|---|")
+    pooled: list[dict[str, Any]] = []
+    for name, blocks in runs:
+        pooled += blocks
+        print(
+            f"| {name} | {len(blocks)} | {spread([b['rps_ratio'] for b in blocks])} "
+            f"| {spread([b['cpu_ratio'] for b in blocks])} |"
+        )
+    print(
+        f"| **pooled** | {len(pooled)} | {spread([b['rps_ratio'] for b in pooled])} "
+        f"| {spread([b['cpu_ratio'] for b in pooled])} |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -318,25 +318,10 @@ def _total(path: Path) -> int:
     )
 
 
-#: A row of ``callgrind_annotate --inclusive=yes`` for CPython's type-cache miss path.
-_MISS_ROW = re.compile(r"^\s*([\d,]+)\s.*:find_name_in_mro\b")
-
-
 def _type_cache_misses(path: Path) -> int:
     """Instructions in ``find_name_in_mro`` and what it calls: the price of the worker's
     type-attribute cache misses (``_PyType_Lookup`` calls it on a miss only)."""
-    annotated = subprocess.run(
-        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(path)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    ).stdout
-    return sum(
-        int(match.group(1).replace(",", ""))
-        for match in map(_MISS_ROW.match, annotated.splitlines())
-        if match
-    )
+    return _by_function(path, inclusive=True).get("find_name_in_mro", 0)
 
 
 def run_in_process(args: argparse.Namespace) -> int:
@@ -437,7 +422,11 @@ _ROW = re.compile(r"^\s*([\d,]+) \([^)]*\)\s+(\S.*)$")
 
 
 def _by_function(dump: Path, *, inclusive: bool) -> dict[str, int]:
-    """Instructions by function name (file and object dropped) in a callgrind dump."""
+    """Instructions by function name (file and object dropped) in a callgrind dump.
+
+    A function may have several rows: its own file's, and one per header whose inlined
+    code it ran. Exclusive counts add up; an inclusive count is its largest row (the
+    headers' rows are already inside it)."""
     annotated = subprocess.run(
         [
             "callgrind_annotate",
@@ -454,5 +443,8 @@ def _by_function(dump: Path, *, inclusive: bool) -> dict[str, int]:
     for match in map(_ROW.match, annotated.splitlines()):
         if match and "PROGRAM TOTALS" not in match.group(2):
             name = match.group(2).split(" [")[0].rsplit(":", 1)[-1]
-            counts[name] = counts.get(name, 0) + int(match.group(1).replace(",", ""))
+            value = int(match.group(1).replace(",", ""))
+            counts[name] = (
+                max(counts.get(name, 0), value) if inclusive else counts.get(name, 0) + value
+            )
     return counts

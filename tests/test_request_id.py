@@ -83,8 +83,11 @@ def test_a_forked_worker_does_not_repeat_its_parents_ids(
     assert not set(child) & set(parent), (child, parent)
 
 
-def test_ids_stay_unique_and_well_formed_across_draws() -> None:
+def test_ids_stay_unique_and_well_formed_across_draws(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ids are drawn many at a time; a slip at a batch's edge would repeat or cut one."""
+    monkeypatch.setattr(request_id, "_drawn", [])
+    request_id.assign({})
+    assert len(request_id._drawn) == request_id.BATCH - 1  # one draw: a whole batch, one taken
     ids = [request_id.assign({}) for _ in range(3 * request_id.BATCH + 5)]
     assert all(HEX32.fullmatch(i) for i in ids)
     assert len(set(ids)) == len(ids)

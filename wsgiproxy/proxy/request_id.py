@@ -33,8 +33,10 @@ _drawn: list[str] = []
 def _draw() -> str:
     """Draw the next ``BATCH`` ids: keep all but one for later requests, return that one."""
     bits = _generator.getrandbits(128 * BATCH).to_bytes(16 * BATCH)
-    _drawn[:] = bits.hex(" ", 16).split()  # 32 hex digits each, split in C
-    return _drawn.pop()
+    ids = bits.hex(" ", 16).split()  # 32 hex digits each, split in C
+    rid = ids.pop()  # before the rest is shared: another thread may empty it at once
+    _drawn[:] = ids
+    return rid
 
 
 def _forked() -> None:

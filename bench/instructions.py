@@ -23,19 +23,13 @@ Both sides then share one process, one memory layout and one draw of that lotter
 count difference is what the ids' own code adds. A worker's timed chores (the health
 thread's refresh each second, gunicorn's heartbeat) land in phases unevenly under
 valgrind, so two phases of one side differ by up to 2%.
-
-With ``--in-process`` (``run_in_process``): the app called directly in one process
-(``in_process_driver.py``: no gunicorn, no health thread), ids switched between ABBA
-phases, each side counted under its own toggle function. Repeatable to tens of
-instructions a request; it leaves out gunicorn's part (parsing, the response head's
-join). Two more runs, one per side, give the difference function by function.
+``--instructions --in-process`` (in_process.py) counts without those chores.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import re
 import socket
 import statistics
@@ -44,7 +38,6 @@ import threading
 import time
 from pathlib import Path
 
-from constants import BENCH, PRODUCT_BIN
 from interleave import SWITCH, switch
 from processes import descendants, free_port
 from provision import ensure_system_tools
@@ -68,11 +61,6 @@ SWITCHED_PHASES = (True, False, False, True, False, True, True, False) * 2
 #: counted phase began in the other mode.
 SWITCH_SETTLE = 20
 _VALGRIND = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no"]
-#: ``run_in_process``: requests a phase, and phases (ABBA, twice).
-IN_PROCESS_REQUESTS = 500
-IN_PROCESS_PHASES = 8
-#: ``run_in_process``: the C function each side's requests run under (in_process_driver).
-_TOGGLES = {True: "filterfalse_next", False: "filter_next"}
 
 
 def run_instructions(args: argparse.Namespace, x_env: dict[str, str]) -> int:
@@ -321,112 +309,21 @@ def _total(path: Path) -> int:
 def _type_cache_misses(path: Path) -> int:
     """Instructions in ``find_name_in_mro`` and what it calls: the price of the worker's
     type-attribute cache misses (``_PyType_Lookup`` calls it on a miss only)."""
-    return _by_function(path, inclusive=True).get("find_name_in_mro", 0)
-
-
-def run_in_process(args: argparse.Namespace) -> int:
-    """What request ids add to the app's instructions a request, counted in one process
-    that calls it directly; then where, by function, from one run per side."""
-    bench = Bench.for_run(args, "-instructions-in-process")
-    outdir, procs = bench.outdir, bench.procs
-    both = outdir / "callgrind.both"
-    apart = {ids: outdir / f"callgrind.{'on' if ids else 'off'}" for ids in _TOGGLES}
-    try:
-        ensure_system_tools(valgrind=True)
-        bench.snapshot_product()
-        bench.prepare_files()
-        bench.start_upstreams()
-        driver = [
-            str(PRODUCT_BIN / "python"),
-            str(BENCH / "in_process_driver.py"),
-            str(bench.product_dir),
-            bench.upstream_url("http"),
-            str(IN_PROCESS_REQUESTS),
-            str(IN_PROCESS_PHASES),
-        ]
-        runs = [(both, list(_TOGGLES.values()))] + [
-            (apart[ids], [toggle]) for ids, toggle in _TOGGLES.items()
-        ]
-        errors: list[BaseException] = []
-
-        def count(dump: Path, toggles: list[str]) -> None:
-            try:
-                _count_toggled(driver, dump, toggles)
-            except BaseException as exc:  # reported once the runs are done
-                errors.append(exc)
-
-        threads = [threading.Thread(target=count, args=run) for run in runs]
-        for t in threads[1:]:  # the two one-side runs at once (two cores), then the other
-            t.start()
-        for t in threads[1:]:
-            t.join()
-        threads[0].start()
-        threads[0].join()
-        if errors:
-            raise errors[0]
-    finally:
-        procs.stop_all()
-    per_side = IN_PROCESS_REQUESTS * IN_PROCESS_PHASES // 2
-    inclusive = _by_function(both, inclusive=True)
-    count = {ids: inclusive[toggle] / per_side for ids, toggle in _TOGGLES.items()}
-    on, off = (_by_function(apart[ids], inclusive=False) for ids in (True, False))
-    diff = {
-        name: (on.get(name, 0) - off.get(name, 0)) / per_side for name in on.keys() | off.keys()
-    }
-    top = sorted(diff.items(), key=lambda item: -abs(item[1]))[:20]
-    lines = [
-        f"# Instructions per request, the app called in one process — "
-        f"{datetime.datetime.now():%Y-%m-%d %H:%M}",
-        "",
-        f"- code: wsgiproxy commit {bench.product_commit}, snapshot {bench.product_digest}",
-        f"- run: bench/in_process_driver.py under callgrind, 100 B from nginx; "
-        f"{IN_PROCESS_PHASES} phases of {IN_PROCESS_REQUESTS} requests, ids switched "
-        "in ABBA order; gunicorn's part of a request is not in these counts",
-        "",
-        "| ids on | ids off | on − off |",
-        "|---|---|---|",
-        f"| {count[True]:,.0f} | {count[False]:,.0f} | {count[True] - count[False]:+,.0f} |",
-        "",
-        "Where the difference goes (a run per side, each function's own instructions):",
-        "",
-        "| function | on − off, a request |",
-        "|---|---|",
-        *(f"| `{name}` | {value:+,.0f} |" for name, value in top),
-    ]
-    write_report(
-        outdir,
-        "\n".join(lines) + "\n",
-        {"on": count[True], "off": count[False], "by_function": dict(top)},
-    )
-    return 0
-
-
-def _count_toggled(driver: list[str], dump: Path, toggles: list[str]) -> None:
-    """The driver under callgrind, counting only inside the named C functions."""
-    argv = [
-        "valgrind",
-        "--tool=callgrind",
-        "--collect-atstart=no",
-        *(f"--toggle-collect={name}" for name in toggles),
-        f"--callgrind-out-file={dump}",
-        *driver,
-    ]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise SystemExit(f"bench: in_process_driver failed under valgrind:\n{done.stderr[-2000:]}")
+    return by_function(path, inclusive=True).get("find_name_in_mro", 0)
 
 
 #: A row of ``callgrind_annotate``: the count, then file:function and the object file.
 _ROW = re.compile(r"^\s*([\d,]+) \([^)]*\)\s+(\S.*)$")
+#: callgrind's mark on a function's recursive calls (``'2``): one function all the same.
+_RECURSION = re.compile(r"'\d+$")
 
 
-def _by_function(dump: Path, *, inclusive: bool) -> dict[str, int]:
+def by_function(dump: Path, *, inclusive: bool) -> dict[str, int]:
     """Instructions by function name (file and object dropped) in a callgrind dump.
 
-    A function may have several rows: its own file's, and one per header whose inlined
-    code it ran. Exclusive counts add up; an inclusive count is its largest row (the
-    headers' rows are already inside it)."""
+    A function may have several rows: its own file's, one per header whose inlined code
+    it ran, and one per depth of recursion (``'2``). Exclusive counts add up; an
+    inclusive count is its largest row (the others are inside it)."""
     annotated = subprocess.run(
         [
             "callgrind_annotate",
@@ -442,7 +339,7 @@ def _by_function(dump: Path, *, inclusive: bool) -> dict[str, int]:
     counts: dict[str, int] = {}
     for match in map(_ROW.match, annotated.splitlines()):
         if match and "PROGRAM TOTALS" not in match.group(2):
-            name = match.group(2).split(" [")[0].rsplit(":", 1)[-1]
+            name = _RECURSION.sub("", match.group(2).split(" [")[0].rsplit(":", 1)[-1])
             value = int(match.group(1).replace(",", ""))
             counts[name] = (
                 max(counts.get(name, 0), value) if inclusive else counts.get(name, 0) + value

@@ -3,16 +3,17 @@
 A paired run starts two gunicorns, one per side. Each process has its own luck (hash
 seed, memory layout, which core it lands on) that moves its req/s by a few percent,
 more than the 1% this must resolve, and fresh processes per repetition (``--fresh``)
-only average that luck away over many repetitions. Here one gunicorn serves the whole
-run and its workers switch request ids on and off in place (``switch_app.py``) while
-wrk keeps 64 connections busy on the 100 B file. Phases alternate in ABBA blocks (on,
+only average that luck away over many repetitions. Here the same workers serve both
+sides: they switch request ids on and off in place (``switch_app.py``) while wrk keeps
+64 connections busy on the 100 B file. Phases alternate in ABBA blocks (on,
 off, off, on; then off, on, on, off), so a drift of the machine within a block cancels.
 Per block: req/s with ids over req/s without (from the upstream's count of requests
 handled), and the workers' CPU per request likewise, split into user and kernel time.
 Reported: the median over blocks, and the mean with its standard error.
-``--rounds N`` serves the blocks from N gunicorns one after another, so the luck of a
-process is averaged too. ``--interleave-control`` keeps ids on in both kinds of phase:
-what the method reads when there is no difference.
+One gunicorn serves every block, or with ``--rounds N`` N gunicorns in turn serve a
+share each, so the luck that a process keeps for life is averaged too.
+``--interleave-control`` keeps ids on in both kinds of phase: what the method reads when
+there is no difference.
 """
 
 from __future__ import annotations
@@ -68,10 +69,9 @@ def run_interleave(args: argparse.Namespace) -> int:
         bench.prepare_files()
         bench.start_upstreams()
         blocks: list[dict[str, float]] = []
-        per_round = -(-args.blocks // args.rounds)  # ceiling: every block is run
-        for first in range(0, args.blocks, per_round):
-            count = min(per_round, args.blocks - first)
-            blocks += _round(args, bench, flag, first, count)
+        share, more = divmod(args.blocks, args.rounds)  # the first `more` rounds get one more
+        for n in range(args.rounds):
+            blocks += _round(args, bench, flag, n, len(blocks), share + (n < more))
     finally:
         procs.stop_all()
     text, results = _summary(args, bench, blocks)
@@ -80,7 +80,7 @@ def run_interleave(args: argparse.Namespace) -> int:
 
 
 def _round(
-    args: argparse.Namespace, bench: Bench, flag: Path, first: int, count: int
+    args: argparse.Namespace, bench: Bench, flag: Path, n: int, first: int, count: int
 ) -> list[dict[str, float]]:
     """``count`` ABBA blocks in a gunicorn of their own, under wrk's load from start to end.
 
@@ -91,13 +91,13 @@ def _round(
     procs = bench.procs
     port = free_port()
     master = bench.start_wsgiproxy(
-        SWITCH, f"{SWITCH.name}-{first}", "http", port, extra={"BENCH_SWITCH_FLAG": str(flag)}
+        SWITCH, f"{SWITCH.name}-{n}", "http", port, extra={"BENCH_SWITCH_FLAG": str(flag)}
     )
     workers = _ready_workers(port, master.pid, flag)
     _check_switch(port, flag, workers)
     load_s = int(4 * count * (args.phase + SETTLE_S + 0.5) + args.warmup + 30)
     wrk = procs.start(
-        f"wrk-{first}",
+        f"wrk-{n}",
         [
             "wrk",
             "-t",
@@ -118,7 +118,7 @@ def _round(
             switch(flag, workers, ids or args.interleave_control)
             time.sleep(SETTLE_S)
             block[ids].append(_phase(bench, workers, args.phase))
-        blocks.append({**_ratios(block), "round": first})
+        blocks.append({**_ratios(block), "round": n})
         print(_block_line(b, blocks[-1]), flush=True)
     for proc in (wrk, master):
         procs.stop_one(proc)
@@ -230,11 +230,13 @@ def _summary(
     met = rps["median"] >= 1 - GOAL
     sides = "ids on in both phases (control)" if control else "ids on ÷ ids off"
     lines = [
-        f"# Request ids, interleaved in one gunicorn — {datetime.datetime.now():%Y-%m-%d %H:%M}",
+        f"# Request ids, interleaved in the same workers — "
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}",
         "",
         f"- code: wsgiproxy commit {bench.product_commit}, snapshot {bench.product_digest}",
         f"- run: {len(blocks)} ABBA blocks of {args.phase:g} s phases, 100 B at "
-        f"{CONNECTIONS} connections, {WORKERS} gevent workers; {sides}",
+        f"{CONNECTIONS} connections, {WORKERS} gevent workers, "
+        f"{args.rounds} gunicorn{'s in turn' if args.rounds > 1 else ''}; {sides}",
         "",
         "| ratio | median | mean ± standard error | lowest | highest |",
         "|---|---|---|---|---|",

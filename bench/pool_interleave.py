@@ -18,18 +18,21 @@ from typing import Any
 
 
 def spread(values: list[float]) -> str:
-    """Median, then mean ± standard error."""
-    error = statistics.stdev(values) / len(values) ** 0.5
+    """Median, then mean ± standard error (nan for a single block)."""
+    error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
     return f"{statistics.median(values):.4f} | {statistics.mean(values):.4f} ± {error:.4f}"
 
 
 def main(paths: list[str]) -> int:
+    """Print one line per run and the pooled line; 2 without a file to read."""
     if not paths:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
     runs: list[tuple[str, list[dict[str, Any]]]] = []
     for path in paths:
         results = json.loads(Path(path).read_text())
+        if not results.get("blocks"):
+            raise SystemExit(f"{path}: no interleave blocks (a results.json of another mode?)")
         if results.get("control"):
             raise SystemExit(f"{path}: a control run (ids on in both phases); pool it apart")
         runs.append((f"{Path(path).parent.name} ({results['commit']})", results["blocks"]))

@@ -51,7 +51,8 @@ from cells import CELLS, Cell
 from constants import BENCH, PRODUCT_BIN, QUEUE_CLIENTS, QUEUE_LIMIT, RESULTS, ROOT, WORKERS
 from failover import run_failover
 from goals import evaluate_goals
-from instructions import run_in_process, run_instructions, run_switched
+from in_process import run_in_process
+from instructions import run_instructions, run_switched
 from interleave import run_interleave
 from measure import big_response_growth, check_wrk_absolute_form, measure
 from profiling import run_profile
@@ -476,6 +477,13 @@ def main() -> int:
     )
     ap.add_argument("--profile-seconds", type=float, default=12)
     args = ap.parse_args()
+    interleaving = (args.interleave or args.interleave_control) and not args.instructions
+    if args.in_process and not args.instructions:
+        ap.error("--in-process counts instructions: use it with --instructions")
+    if args.rounds != 1 and not interleaving:
+        ap.error("--rounds applies to --interleave (timed), not to other modes")
+    if not 1 <= args.rounds <= args.blocks:
+        ap.error(f"--rounds must be from 1 to --blocks ({args.blocks}), not {args.rounds}")
     q = args.quick
     args.reps = args.reps or (1 if q else 3)
     args.duration = args.duration or (1 if q else 3)  # wrk takes whole seconds

@@ -29,7 +29,10 @@ The parts, by what they hold: proxies.py (the proxies as a table of specs), cell
 (the cells), goals.py (the goals as data), provision.py (apt, virtualenvs, files,
 certificates, nginx configs, the product's snapshot), processes.py (starting and stopping
 processes, /proc), servers.py (the upstreams and proxies of a run), measure.py (wrk, CPU,
-RSS), report.py (medians and the report), profiling.py (--profile); this file runs them.
+RSS), report.py (medians and the report), profiling.py (--profile), interleave.py and
+switch_app.py (--interleave), instructions.py (--instructions), in_process.py and
+in_process_driver.py (--instructions --in-process); this file runs them.
+pool_interleave.py, run by hand, pools several --interleave runs.
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ BODY_LENGTH = 100
 #: Each side's answer under valgrind is ~50 times slower than without.
 START_LIMIT_S = 300.0
 #: ``run_switched``: ids on or off in each counted phase (ABBA, four times: a phase that
-#: a garbage collection lands in counts thousands more a request, and the median drops it).
+#: more of the worker's timed chores land in counts thousands more a request, and the
+#: median drops it).
 SWITCHED_PHASES = (True, False, False, True, False, True, True, False) * 2
 #: ``run_switched``: requests after each switch before counting, so no request in a
 #: counted phase began in the other mode.

@@ -210,7 +210,8 @@ def _block_line(b: int, r: dict[str, float]) -> str:
     )
 
 
-def _spread(values: list[float]) -> dict[str, float]:
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, mean, its standard error (nan for one value), lowest and highest."""
     n = len(values)
     return {
         "median": statistics.median(values),
@@ -224,8 +225,8 @@ def _spread(values: list[float]) -> dict[str, float]:
 def _summary(
     args: argparse.Namespace, bench: Bench, blocks: list[dict[str, float]]
 ) -> tuple[str, dict[str, Any]]:
-    rps = _spread([b["rps_ratio"] for b in blocks])
-    cpu = _spread([b["cpu_ratio"] for b in blocks])
+    rps = spread([b["rps_ratio"] for b in blocks])
+    cpu = spread([b["cpu_ratio"] for b in blocks])
     control = args.interleave_control
     met = rps["median"] >= 1 - GOAL
     sides = "ids on in both phases (control)" if control else "ids on ÷ ids off"

@@ -11,16 +11,17 @@ apart shows.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
+from interleave import spread
 
-def spread(values: list[float]) -> str:
-    """Median, then mean ± standard error (nan for a single block)."""
-    error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
-    return f"{statistics.median(values):.4f} | {statistics.mean(values):.4f} ± {error:.4f}"
+
+def _cells(values: list[float]) -> str:
+    """Median, then mean ± standard error, as two table cells."""
+    s = spread(values)
+    return f"{s['median']:.4f} | {s['mean']:.4f} ± {s['stderr']:.4f}"
 
 
 def main(paths: list[str]) -> int:
@@ -45,12 +46,12 @@ def main(paths: list[str]) -> int:
     for name, blocks in runs:
         pooled += blocks
         print(
-            f"| {name} | {len(blocks)} | {spread([b['rps_ratio'] for b in blocks])} "
-            f"| {spread([b['cpu_ratio'] for b in blocks])} |"
+            f"| {name} | {len(blocks)} | {_cells([b['rps_ratio'] for b in blocks])} "
+            f"| {_cells([b['cpu_ratio'] for b in blocks])} |"
         )
     print(
-        f"| **pooled** | {len(pooled)} | {spread([b['rps_ratio'] for b in pooled])} "
-        f"| {spread([b['cpu_ratio'] for b in pooled])} |"
+        f"| **pooled** | {len(pooled)} | {_cells([b['rps_ratio'] for b in pooled])} "
+        f"| {_cells([b['cpu_ratio'] for b in pooled])} |"
     )
     return 0
 
